@@ -1,0 +1,25 @@
+"""The `modelfs` command: one subcommand per job, each a thin shell over a package."""
+
+from __future__ import annotations
+
+import click
+
+from fusefs import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelfs")
+def main() -> None:
+    """modelfs: model-hub repositories as a read-only filesystem.
+
+    \b
+    Examples:
+      modelfs serve ./models --http 127.0.0.1:8080 --grpc 127.0.0.1:0
+      modelfs mount /models --hub http://127.0.0.1:8080 --repo Qwen/Qwen3-8B
+      modelfs unmount /models
+    """
+
+
+from fusefs.server.command import serve  # noqa: E402  (subcommands register on `main`)
+
+main.add_command(serve)
