@@ -20,6 +20,11 @@ def main() -> None:
     """
 
 
-from fusefs.server.command import serve  # noqa: E402  (subcommands register on `main`)
+from fusefs.server.command import serve  # noqa: E402
 
 main.add_command(serve)
+
+from fusefs.fs.command import mount, unmount  # noqa: E402
+
+main.add_command(mount)
+main.add_command(unmount)

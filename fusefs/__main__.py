@@ -1,0 +1,3 @@
+from fusefs.cli import main
+
+main()

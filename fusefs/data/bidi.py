@@ -1,0 +1,364 @@
+"""One BidiReadObject stream per file, shared by every reader of that file.
+
+Requests go out through a queue that gRPC drains on its own thread; responses
+are consumed by one receive thread per stream generation, which checks each
+chunk (CRC32C, offset, bounds) and appends it to the `RangeRead` its `read_id`
+names. The receive thread never waits on a reader: it only appends and wakes.
+
+A break (transport error, UNAVAILABLE, bad chunk, redirect) is seen by exactly
+one thread — the receive thread of that generation — so the stream is reopened
+once per break: a new generation resends every pending range from its first
+missing byte, with the same read_id, the read handle, the routing token and the
+pinned object generation. Consecutive breaks without progress are bounded in
+count and time; past that, pending reads fail and the next read starts afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import google_crc32c
+import grpc
+from google.rpc import status_pb2
+
+from fusefs.data.errors import (
+    ChecksumError, DataError, GoneError, ProtocolError, RangeError, TransientError,
+)
+from fusefs.data.location import GrpcObject
+from fusefs.data.ranges import RangeRead
+from fusefs.proto import storage_pb2 as pb
+from fusefs.proto import storage_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_RANGES_PER_MESSAGE = 100
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_GONE_CODES = {
+    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How hard a stream tries before its pending reads fail."""
+
+    max_attempts: int = 5  # consecutive reopens without receiving a byte
+    retry_window: float = 20.0  # seconds from the first of those breaks
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    idle_timeout: float = 60.0  # close a stream nobody has used for this long
+
+
+@dataclass
+class StreamCounters:
+    opens: int = 0
+    reopens: int = 0
+    redirects: int = 0
+    bad_chunks: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Generation:
+    number: int
+    call: grpc.RpcContext | None = None
+    requests: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False  # by us: closing, idling, or superseded
+
+
+class _Break(Exception):
+    """How a generation ended, decided from its status or from a bad chunk."""
+
+    def __init__(self, error: DataError | None, *,
+                 redirect: pb.BidiReadObjectRedirectedError | None = None,
+                 range_errors: dict[int, DataError] | None = None):
+        super().__init__(str(error))
+        self.error = error
+        self.redirect = redirect
+        self.range_errors = range_errors or {}
+
+
+class BidiStream:
+    """Ranged reads of one object over one bidi stream (see module docstring)."""
+
+    def __init__(self, channel: grpc.Channel, target: GrpcObject, size: int,
+                 limits: StreamLimits = StreamLimits()):
+        self.target = target
+        self.size = size
+        self.limits = limits
+        self.counters = StreamCounters()
+        self._rpc = storage_pb2_grpc.StorageStub(channel).BidiReadObject
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._pending: dict[int, RangeRead] = {}
+        self._next_id = 1
+        self._generation = 0
+        self._active: _Generation | None = None
+        self._object_generation = target.generation
+        self._read_handle: bytes | None = None
+        self._routing_token = target.routing_token
+        self._failures = 0
+        self._first_failure = 0.0
+        self._idle_timer: threading.Timer | None = None
+
+    # -- the reader side -------------------------------------------------------
+
+    def submit(self, ranges: list[RangeRead]) -> None:
+        """Send these ranges; opens the stream (again) if it is not open."""
+        with self._lock:
+            if self._closing.is_set():
+                raise DataError(f"{self.target.object}: stream closed")
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            batch = []
+            for rr in ranges:
+                read_id = self._next_id
+                self._next_id += 1
+                self._pending[read_id] = rr
+                batch.append((read_id, rr))
+            if self._active is None:
+                self._start_locked()
+            else:
+                self._send_locked(self._active, batch)
+
+    def abandon(self, rr: RangeRead) -> None:
+        """A reader gave up on `rr`: stop resending it after breaks."""
+        with self._lock:
+            for read_id, pending in list(self._pending.items()):
+                if pending is rr:
+                    del self._pending[read_id]
+            self._arm_idle_timer_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing.set()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._stop_locked()
+            pending, self._pending = self._pending, {}
+        for rr in pending.values():
+            rr.fail(DataError(f"{self.target.object}: stream closed"))
+
+    @property
+    def open(self) -> bool:
+        return self._active is not None
+
+    # -- generations -----------------------------------------------------------
+
+    def _start_locked(self) -> None:
+        self._generation += 1
+        gen = _Generation(self._generation)
+        spec = pb.BidiReadObjectSpec(
+            bucket=self.target.bucket_path, object=self.target.object,
+            generation=self._object_generation)
+        if self._read_handle:
+            spec.read_handle.handle = self._read_handle
+        if self._routing_token:
+            spec.routing_token = self._routing_token
+        items = list(self._pending.items())
+        first, rest = items[:MAX_RANGES_PER_MESSAGE], items[MAX_RANGES_PER_MESSAGE:]
+        gen.requests.put(pb.BidiReadObjectRequest(
+            read_object_spec=spec, read_ranges=[_range_message(i, rr) for i, rr in first]))
+        self._send_locked(gen, rest)
+        params = "bucket=" + quote(self.target.bucket_path, safe="")
+        if self._routing_token:
+            params += "&routing_token=" + quote(self._routing_token, safe="")
+        gen.call = self._rpc(_drain(gen.requests), metadata=[("x-goog-request-params", params)])
+        self._active = gen
+        self.counters.opens += 1
+        threading.Thread(target=self._receive, args=(gen,), daemon=True,
+                         name=f"bidi-recv-{gen.number}").start()
+
+    @staticmethod
+    def _send_locked(gen: _Generation, batch: list[tuple[int, RangeRead]]) -> None:
+        for i in range(0, len(batch), MAX_RANGES_PER_MESSAGE):
+            gen.requests.put(pb.BidiReadObjectRequest(read_ranges=[
+                _range_message(read_id, rr) for read_id, rr in batch[i:i + MAX_RANGES_PER_MESSAGE]]))
+
+    def _stop_locked(self) -> None:
+        gen, self._active = self._active, None
+        if gen is not None:
+            gen.cancelled = True
+            gen.requests.put(None)
+            gen.call.cancel()
+
+    def _arm_idle_timer_locked(self) -> None:
+        if self._pending or self._active is None or self._idle_timer is not None:
+            return
+        timer = threading.Timer(self.limits.idle_timeout, self._close_if_idle,
+                                args=(self._active.number,))
+        timer.daemon = True
+        self._idle_timer = timer
+        timer.start()
+
+    def _close_if_idle(self, number: int) -> None:
+        with self._lock:
+            self._idle_timer = None
+            if self._active is not None and self._active.number == number and not self._pending:
+                log.debug("%s: closing idle stream", self.target.object)
+                self._stop_locked()
+
+    # -- the receive thread ----------------------------------------------------
+
+    def _receive(self, gen: _Generation) -> None:
+        try:
+            for response in gen.call:
+                self._on_response(response)
+            outcome = _Break(None)
+        except grpc.RpcError as e:
+            outcome = _classify(e)
+        except ProtocolError as e:
+            self.counters.bad_chunks += 1
+            gen.call.cancel()
+            outcome = _Break(e)
+        except _Break as e:
+            gen.call.cancel()
+            outcome = e
+        finally:
+            gen.requests.put(None)  # lets gRPC's request thread finish
+        if not gen.cancelled:
+            self._after_break(gen, outcome)
+
+    def _on_response(self, response: pb.BidiReadObjectResponse) -> None:
+        if response.HasField("metadata"):
+            meta = response.metadata
+            # Other bytes than the pinned listing promised: never serve them.
+            if meta.size != self.size:
+                raise _Break(GoneError(f"{self.target.object}: store has {meta.size} bytes, "
+                                       f"the pinned listing says {self.size}"))
+            if self._object_generation and meta.generation != self._object_generation:
+                raise _Break(GoneError(f"{self.target.object}: generation {meta.generation}, "
+                                       f"pinned {self._object_generation}"))
+            self._object_generation = meta.generation
+        if response.HasField("read_handle"):
+            self._read_handle = response.read_handle.handle
+        for data in response.object_data_ranges:
+            read_id = data.read_range.read_id
+            rr = self._pending.get(read_id)
+            if rr is None:
+                continue  # finished or abandoned: trailing data is ignored
+            checked = data.checksummed_data
+            content = checked.content
+            if not checked.HasField("crc32c"):
+                raise ProtocolError(f"{self.target.object}: chunk without CRC32C")
+            if google_crc32c.value(content) != checked.crc32c:
+                raise ChecksumError(f"{self.target.object}: CRC32C mismatch at "
+                                    f"{data.read_range.read_offset}")
+            complete = rr.feed(data.read_range.read_offset, content)
+            self.counters.bytes += len(content)
+            self._failures = 0
+            if data.range_end and not complete:
+                raise ProtocolError(f"{self.target.object}: range {read_id} ended at "
+                                    f"{rr.next_offset}, before {rr.end}")
+            if complete:
+                with self._lock:
+                    self._pending.pop(read_id, None)
+                    self._arm_idle_timer_locked()
+
+    def _after_break(self, gen: _Generation, outcome: _Break) -> None:
+        with self._lock:
+            if self._active is not gen:
+                return
+            self._active = None
+            for read_id, error in outcome.range_errors.items():
+                rr = self._pending.pop(read_id, None)
+                if rr is not None:
+                    rr.fail(error)
+            if not self._pending:
+                return
+            error = outcome.error or TransientError(
+                f"{self.target.object}: stream ended with ranges outstanding")
+            if not isinstance(error, TransientError):
+                self._fail_all_locked(error)
+                return
+            now = time.monotonic()
+            if self._failures == 0:
+                self._first_failure = now
+            self._failures += 1
+            if (self._failures > self.limits.max_attempts
+                    or now - self._first_failure > self.limits.retry_window):
+                log.warning("%s: giving up after %d attempts: %s",
+                            self.target.object, self._failures, error)
+                self._failures = 0
+                self._fail_all_locked(error)
+                return
+            if outcome.redirect is not None:
+                self.counters.redirects += 1
+                if outcome.redirect.HasField("routing_token"):
+                    self._routing_token = outcome.redirect.routing_token
+                if outcome.redirect.read_handle.handle:
+                    self._read_handle = outcome.redirect.read_handle.handle
+                delay = 0.0
+            else:
+                delay = min(self.limits.backoff_initial * 2 ** (self._failures - 1),
+                            self.limits.backoff_max)
+            log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
+        if self._closing.wait(delay):
+            return
+        with self._lock:
+            if self._active is None and self._pending and not self._closing.is_set():
+                self.counters.reopens += 1
+                self._start_locked()
+
+    def _fail_all_locked(self, error: DataError) -> None:
+        pending, self._pending = self._pending, {}
+        for rr in pending.values():
+            rr.fail(error)
+
+
+def _range_message(read_id: int, rr: RangeRead) -> pb.ReadRange:
+    return pb.ReadRange(read_offset=rr.next_offset, read_length=rr.remaining, read_id=read_id)
+
+
+def _drain(requests: queue.SimpleQueue) -> Iterator[pb.BidiReadObjectRequest]:
+    while (message := requests.get()) is not None:
+        yield message
+
+
+def _classify(e: grpc.RpcError) -> _Break:
+    code = e.code()
+    message = f"{code.name}: {e.details()}"
+    status = _status_details(e)
+    redirect: pb.BidiReadObjectRedirectedError | None = None
+    range_errors: dict[int, DataError] = {}
+    for detail in status.details if status else ():
+        if detail.Is(pb.BidiReadObjectRedirectedError.DESCRIPTOR):
+            redirect = pb.BidiReadObjectRedirectedError()
+            detail.Unpack(redirect)
+            message += " (redirected)"
+        elif detail.Is(pb.BidiReadObjectError.DESCRIPTOR):
+            errors = pb.BidiReadObjectError()
+            detail.Unpack(errors)
+            for item in errors.read_range_errors:
+                range_errors[item.read_id] = RangeError(
+                    f"read {item.read_id}: {item.status.message or message}")
+    if redirect is not None:
+        return _Break(TransientError(message), redirect=redirect)
+    if range_errors:
+        return _Break(TransientError(message), range_errors=range_errors)
+    if code in _GONE_CODES:
+        return _Break(GoneError(message))
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
+                grpc.StatusCode.UNIMPLEMENTED):
+        return _Break(DataError(message))
+    return _Break(TransientError(message))
+
+
+def _status_details(e: grpc.RpcError) -> status_pb2.Status | None:
+    for key, value in e.trailing_metadata() or ():
+        if key == _STATUS_DETAILS_KEY:
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # a garbled trailer must not mask the status code
+                return None
+            return status
+    return None

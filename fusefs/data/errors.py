@@ -1,0 +1,31 @@
+"""Data-plane failures, classified by what the caller should do about them."""
+
+from __future__ import annotations
+
+
+class DataError(Exception):
+    """A read that could not be served. Every subclass maps to EIO at the mount."""
+
+
+class TransientError(DataError):
+    """The path may work again: stream break, UNAVAILABLE, timeout, bad chunk."""
+
+
+class ProtocolError(TransientError):
+    """The server sent something we must not accept (offset, size, checksum)."""
+
+
+class ChecksumError(ProtocolError):
+    """A chunk's CRC32C did not match its content."""
+
+
+class GoneError(DataError):
+    """The object is gone or no longer ours to read (NOT_FOUND, 403/404): re-resolve."""
+
+
+class RangeError(DataError):
+    """The server refused this one range (OUT_OF_RANGE and the like)."""
+
+
+class DeadlineError(TransientError):
+    """The read did not complete within its deadline."""

@@ -1,0 +1,120 @@
+"""Reads of one file: what is in memory is served from it, the rest becomes ranges.
+
+A `FileReader` sits on one `RangeSource` (a bidi stream, or ranged HTTP GETs)
+and is shared by every handle of the file. Demand reads request exactly the
+missing bytes; reads that continue a sequential run also request a window ahead,
+which grows while the run lasts. Every buffered byte is charged to one global
+`MemoryBudget`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from fusefs.data.budget import MemoryBudget
+from fusefs.data.errors import DataError, DeadlineError
+from fusefs.data.ranges import RangeMap, RangeRead, SequentialTracker, aligned_pieces
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    deadline: float = 30.0  # a read not served by then fails (EIO at the mount)
+    range_unit: int = 8 * MiB  # largest single range; prefetch is aligned to it
+    prefetch_initial: int = 4 * MiB
+    prefetch_max: int = 64 * MiB
+
+
+class RangeSource(Protocol):
+    """Where a file's ranges are fetched from."""
+
+    def submit(self, ranges: list[RangeRead]) -> None: ...
+    def abandon(self, rr: RangeRead) -> None: ...
+    def close(self) -> None: ...
+
+
+class Waker(Protocol):
+    def __call__(self, fn) -> None: ...
+
+
+class FileReader:
+    def __init__(self, source: RangeSource, size: int, budget: MemoryBudget,
+                 limits: ReadLimits, wake: Waker, name: str = ""):
+        self.source = source
+        self.size = size
+        self.name = name
+        self.bytes_read = 0
+        self._budget = budget
+        self._limits = limits
+        self._wake = wake
+        self._map = RangeMap()
+        self._tracker = SequentialTracker(limits.prefetch_initial, limits.prefetch_max)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        ahead_start, ahead_end = self._tracker.observe(offset, end - offset)
+        self._request(offset, end, force=True)
+        if ahead_end > ahead_start:
+            unit = self._limits.range_unit
+            # Whole aligned units only: many tiny prefetch ranges cost more than they save.
+            ahead_end = min(-(-ahead_end // unit) * unit, self.size)
+            self._request(max(ahead_start, end), ahead_end, force=False)
+        covering = self._map.overlapping(offset, end)
+        try:
+            with trio.fail_after(self._limits.deadline):
+                for rr in covering:
+                    await rr.wait_until(end)
+        except trio.TooSlowError:
+            self._give_up(covering)
+            raise DeadlineError(
+                f"{self.name}: {end - offset} bytes at {offset} not served within "
+                f"{self._limits.deadline:g}s") from None
+        except DataError:
+            self._give_up(covering)
+            raise
+        pieces = []
+        for rr in covering:
+            pieces.extend(rr.view(max(offset, rr.offset), min(end, rr.end)))
+            self._budget.touch(rr)
+        self.bytes_read += end - offset
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        for rr in self._map:
+            self._budget.drop(rr)
+        self.source.close()
+
+    @property
+    def buffered(self) -> int:
+        return sum(rr.length for rr in self._map)
+
+    def _request(self, start: int, end: int, *, force: bool) -> None:
+        batch = []
+        for gap in self._map.gaps(start, end):
+            for piece in aligned_pieces(gap, self._limits.range_unit):
+                rr = RangeRead(piece.start, piece.end - piece.start, self._wake)
+                if not self._budget.charge(rr, self._map.remove, force=force):
+                    break
+                self._map.add(rr)
+                batch.append(rr)
+        if batch:
+            self.source.submit(batch)
+
+    def _give_up(self, ranges: list[RangeRead]) -> None:
+        """Forget unfinished or failed ranges so the next read asks again."""
+        for rr in ranges:
+            if not rr.done:
+                if rr.error is None:
+                    self.source.abandon(rr)
+                    rr.fail(DeadlineError(f"{self.name}: abandoned"))
+                self._budget.drop(rr)
+

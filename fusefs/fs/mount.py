@@ -1,0 +1,158 @@
+"""Running a mount: check the mountpoint, pin repos, serve FUSE until told to stop."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
+from fusefs.data.reader import ReadLimits
+from fusefs.fs.ops import ModelFS
+from fusefs.fs.tree import Tree, valid_repo_part
+from fusefs.hub.client import HubClient, HubError, RepoId
+from fusefs.hub.resolve import Resolver
+
+log = logging.getLogger(__name__)
+
+FUSE_WORKERS = 64  # concurrent FUSE requests: readahead, threads and processes in flight
+READ_AHEAD_KB = 16 * 1024
+
+
+class MountError(Exception):
+    """The mount could not start; the message is one line for a person."""
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    repo: RepoId
+    revision: str = "master"
+
+    @classmethod
+    def parse(cls, text: str) -> RepoSpec:
+        """OWNER/NAME[@REVISION]"""
+        name, _, revision = text.partition("@")
+        owner, slash, repo = name.partition("/")
+        if not slash or not valid_repo_part(owner) or not valid_repo_part(repo):
+            raise ValueError(f"bad repo {text!r}: expected OWNER/NAME[@REVISION]")
+        if "@" in text and not revision:
+            raise ValueError(f"bad repo {text!r}: empty revision after '@'")
+        return cls(RepoId(owner, repo), revision or "master")
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    mountpoint: str
+    hub: str
+    repos: tuple[RepoSpec, ...] = ()
+    region: str | None = None
+    peers: tuple[str, ...] = ()
+    token: str | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    read_limits: ReadLimits = field(default_factory=ReadLimits)
+    allow_other: bool = False
+    read_ahead_kb: int = READ_AHEAD_KB
+
+
+def check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise MountError(f"mountpoint {path} does not exist")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if mount_source(path) is not None:
+        raise MountError(f"{path} is already a mountpoint")
+    if os.listdir(path):
+        raise MountError(f"mountpoint {path} is not empty")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
+    return path
+
+
+def mount_source(path: str) -> tuple[str, str] | None:
+    """(device major:minor, fs type) of the mount at exactly `path`, or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mnt = fields[4].encode().decode("unicode_escape")
+                if mnt == path:
+                    sep = fields.index("-")
+                    return fields[2], fields[sep + 1]
+    except OSError:
+        pass
+    return None
+
+
+def raise_read_ahead(path: str, kb: int) -> None:
+    """Ask the kernel for large, many-in-flight reads on this mount (needs root)."""
+    source = mount_source(path)
+    if source is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{source[0]}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+        log.debug("read_ahead_kb=%d on %s", kb, source[0])
+    except OSError as e:
+        log.info("could not raise read_ahead_kb (%s); sequential reads will be smaller", e.strerror)
+
+
+def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Serve the mount until unmounted or signalled; MountError if it cannot start."""
+    mountpoint = check_mountpoint(settings.mountpoint)
+    trio.run(_serve, settings, mountpoint, on_ready)
+
+
+async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
+    async with HubClient(settings.hub, token=settings.token) as hub, \
+            DataClient(memory_budget=settings.memory_budget,
+                       read_limits=settings.read_limits) as data:
+        region = settings.region or await hub.detect_region()
+        tree = Tree()
+        for spec in settings.repos:
+            try:
+                snap = await hub.snapshot(spec.repo, spec.revision)
+            except HubError as e:
+                raise MountError(str(e)) from None
+            tree.add_snapshot(snap)
+            log.info("pinned %s@%s at %s (%d files)", spec.repo, spec.revision,
+                     snap.commit[:12], len(snap.files))
+        ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data)
+        options = set(pyfuse3.default_options) | {
+            "fsname=modelfs", "subtype=modelfs", "ro", "noatime"}
+        if settings.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+        except RuntimeError as e:
+            raise MountError(f"could not mount {mountpoint}: {e}") from None
+        try:
+            raise_read_ahead(mountpoint, settings.read_ahead_kb)
+            log.info("mounted %s (hub %s, region %s)", mountpoint, settings.hub, region or "-")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal)
+                on_ready()
+                await pyfuse3.main(min_tasks=4, max_tasks=FUSE_WORKERS)
+                nursery.cancel_scope.cancel()
+        finally:
+            ops.close()
+            try:
+                pyfuse3.close(unmount=True)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOENT):
+                    raise
+            log.info("unmounted %s", mountpoint)
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
