@@ -9,11 +9,15 @@ This is also the library API for tools that read without a mount:
 
 from __future__ import annotations
 
-import trio
+from contextlib import AsyncExitStack
+
 import grpc
+import httpx
+import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
 from fusefs.data.budget import MemoryBudget
+from fusefs.data.http import HttpRangeSource
 from fusefs.data.location import location_kind, parse_grpc_url
 from fusefs.data.reader import FileReader, ReadLimits
 
@@ -37,12 +41,22 @@ class DataClient:
         self.read_limits = read_limits
         self.stream_limits = stream_limits
         self._channels: dict[tuple[str, bool], grpc.Channel] = {}
+        self._stack = AsyncExitStack()
+        self._http: httpx.AsyncClient | None = None
+        self._nursery: trio.Nursery | None = None
 
     async def __aenter__(self) -> DataClient:
+        self._http = await self._stack.enter_async_context(httpx.AsyncClient(
+            http2=True, follow_redirects=False,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)))
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._stack.callback(self.close)
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self.close()
+        self._nursery.cancel_scope.cancel()  # range fetches end with the client
+        await self._stack.__aexit__(*exc)
 
     def channel(self, endpoint: str, tls: bool) -> grpc.Channel:
         key = (endpoint, tls)
@@ -56,13 +70,13 @@ class DataClient:
 
     def open_reader(self, location: str, size: int, name: str = "") -> FileReader:
         """A reader for the object at `location`; call from inside trio."""
-        kind = location_kind(location)
-        if kind != "grpc":
-            raise NotImplementedError("ranged HTTP locations are not supported yet")
-        target = parse_grpc_url(location)
-        stream = BidiStream(self.channel(target.endpoint, target.tls), target, size,
-                            self.stream_limits)
-        return FileReader(stream, size, self.budget, self.read_limits, _waker(), name or target.object)
+        if location_kind(location) == "http":
+            source = HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
+        else:
+            target = parse_grpc_url(location)
+            source = BidiStream(self.channel(target.endpoint, target.tls), target, size,
+                                self.stream_limits)
+        return FileReader(source, size, self.budget, self.read_limits, _waker(), name or location)
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -22,6 +22,14 @@ HTTP_SCHEMES = ("http", "https")
 _OSS_INTERNAL = re.compile(r"\.oss[a-z0-9.-]*-internal\.aliyuncs\.com$")
 
 
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def valid_region(name: str) -> bool:
+    """Region names double as bucket names, so they follow bucket rules."""
+    return bool(_REGION.match(name))
+
+
 class BadLocation(ValueError):
     """A Location the client refuses to follow."""
 

@@ -12,6 +12,7 @@ import tempfile
 import click
 
 from fusefs.data.reader import ReadLimits
+from fusefs.data.location import valid_region
 from fusefs.fs.mount import MountError, MountSettings, RepoSpec, mount_source, run_mount
 
 READY_FD_ENV = "MODELFS_READY_FD"
@@ -39,8 +40,14 @@ def _size(text: str) -> int:
               help="Hub API base URL, e.g. http://127.0.0.1:8080 (env MODELFS_HUB).")
 @click.option("--repo", "repos", multiple=True, metavar="OWNER/NAME[@REV]",
               help="Pin a repo at mount (repeatable). Others are found on first access.")
-@click.option("--region", envvar="MODELFS_REGION", metavar="NAME",
-              help="This machine's region (env MODELFS_REGION); asked of the hub when unset.")
+@click.option("--region", envvar=["MODELFS_REGION", "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION"],
+              metavar="NAME", help="This machine's region (env MODELFS_REGION or "
+              "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION); asked of the hub when unset.")
+@click.option("--inter-regions", "peers",
+              envvar=["MODELFS_INTER_REGIONS", "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS"],
+              metavar="A,B", default="", help="Peer regions reachable over private links, "
+              "in order of preference (env MODELFS_INTER_REGIONS or "
+              "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS).")
 @click.option("--memory", "memory", default="512M", show_default=True, metavar="SIZE",
               help="Budget for buffered and prefetched bytes, all files together.")
 @click.option("--read-timeout", default=30.0, show_default=True, metavar="SECONDS",
@@ -49,7 +56,7 @@ def _size(text: str) -> int:
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached and log to stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background mount logs.")
 @click.option("--debug", is_flag=True, help="Log every event.")
-def mount(mountpoint, hub, repos, region, memory, read_timeout, allow_other, foreground,
+def mount(mountpoint, hub, repos, region, peers, memory, read_timeout, allow_other, foreground,
           log_file, debug):
     """Mount hub repos read-only at MOUNTPOINT as MOUNTPOINT/<owner>/<name>/<file>.
 
@@ -62,10 +69,14 @@ def mount(mountpoint, hub, repos, region, memory, read_timeout, allow_other, for
         specs = tuple(RepoSpec.parse(r) for r in repos)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    peer_list = tuple(p.strip() for p in peers.split(",") if p.strip())
+    for name in ((region,) if region else ()) + peer_list:
+        if not valid_region(name):
+            raise click.UsageError(f"bad region name {name!r}: use lowercase letters, digits and '-'")
     if read_timeout <= 0:
         raise click.UsageError("--read-timeout must be positive")
     settings = MountSettings(
-        mountpoint=mountpoint, hub=hub, repos=specs, region=region,
+        mountpoint=mountpoint, hub=hub, repos=specs, region=region, peers=peer_list,
         memory_budget=_size(memory), read_limits=ReadLimits(deadline=read_timeout),
         allow_other=allow_other)
     if not foreground:
@@ -105,7 +116,7 @@ def _start_in_background(mountpoint: str, log_file: str | None) -> int:
     with os.fdopen(read_end) as ready:
         answer = ready.readline().strip()
     if answer == "ok":
-        click.echo(f"mounted {os.path.abspath(mountpoint)} (logs: {log_file})")
+        click.echo(f"mounted {os.path.abspath(mountpoint)} (pid {child.pid}, logs: {log_file})")
         return 0
     try:
         code = child.wait(timeout=START_TIMEOUT)

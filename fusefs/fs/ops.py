@@ -13,13 +13,13 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
 
 from fusefs.data.client import DataClient
-from fusefs.data.errors import DataError
+from fusefs.data.errors import DataError, DeadlineError, GoneError, TransientError
 from fusefs.data.reader import FileReader
 from fusefs.fs.tree import Node, Tree, valid_repo_part
 from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound
@@ -54,6 +54,9 @@ class OpenFile:
     resolution: Resolution
     reader: FileReader
     handles: int = 0
+    failed_regions: frozenset[str] = frozenset()
+    reresolved: bool = False
+    switching: trio.Lock = field(default_factory=trio.Lock)
 
 
 class ModelFS(pyfuse3.Operations):
@@ -192,7 +195,7 @@ class ModelFS(pyfuse3.Operations):
             resolution = await self.resolver.resolve(snap.repo, snap.commit, f.path)
             reader = self.data.open_reader(resolution.location, f.size,
                                            name=f"{snap.repo}/{f.path}")
-        except (HubError, DataError, ValueError, NotImplementedError) as e:
+        except (HubError, DataError, ValueError) as e:
             log.warning("open %s/%s: %s", snap.repo, f.path, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
@@ -206,11 +209,47 @@ class ModelFS(pyfuse3.Operations):
         opened = self._handles.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        reader = opened.reader
+        try:
+            return await reader.read(off, size)
+        except DataError as e:
+            if isinstance(e, DeadlineError) or not await self._switch_source(opened, reader, e):
+                log.warning("read %s [%d, +%d): %s", reader.name, off, size, e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
         try:
             return await opened.reader.read(off, size)
         except DataError as e:
-            log.warning("read %s [%d, +%d): %s", opened.reader.name, off, size, e)
+            log.warning("read %s [%d, +%d) after switching source: %s", reader.name, off, size, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def _switch_source(self, opened: OpenFile, failed: FileReader, error: DataError) -> bool:
+        """After a failure the stream could not recover from: an expired or moved file
+        is resolved again (once); a dead internal endpoint gives way to the next
+        candidate. True when there is a new reader to try."""
+        async with opened.switching:
+            if opened.reader is not failed:
+                return True  # another reader already switched
+            res = opened.resolution
+            if isinstance(error, GoneError) and not opened.reresolved:
+                opened.reresolved = True
+            elif isinstance(error, TransientError) and res.source != "cdn":
+                opened.failed_regions |= {res.region}
+            else:
+                return False
+            snap, f = opened.node.snapshot, opened.node.file
+            try:
+                new = await self.resolver.resolve(snap.repo, snap.commit, f.path,
+                                                  exclude=opened.failed_regions)
+                reader = self.data.open_reader(new.location, f.size, name=failed.name)
+            except (HubError, DataError, ValueError) as e:
+                log.warning("%s: no other source after %s: %s", failed.name, error, e)
+                return False
+            log.warning("%s: %s via %s %s failed (%s); now %s via %s %s", failed.name,
+                        res.marker, res.source, res.region, error, new.marker, new.source,
+                        new.region)
+            failed.close()
+            opened.resolution, opened.reader = new, reader
+            return True
 
     @guarded
     async def release(self, fh):

@@ -122,14 +122,17 @@ class HubClient:
             raise HubError(str(e)) from None
         return Snapshot(repo, revision, commit, files)
 
+    def download_url(self, repo: RepoId, commit: str, path: str) -> str:
+        query = f"Revision={quote(commit, safe='')}&FilePath={quote(path, safe='')}"
+        return f"{self.base_url}{repo.api}/repo?{query}"
+
     async def ask_location(self, repo: RepoId, commit: str, path: str,
                            region: str | None) -> Answer:
         """One probe: HEAD of the file's download URL, redirects not followed."""
         headers = {REGION_HEADER: region} if region else {}
         try:
-            response = await self._http.head(
-                f"{repo.api}/repo", params={"Revision": commit, "FilePath": path},
-                headers=headers, timeout=self.probe_timeout)
+            response = await self._http.head(self.download_url(repo, commit, path),
+                                             headers=headers, timeout=self.probe_timeout)
         except httpx.HTTPError as e:
             raise HubError(f"{repo}/{path}: probe failed: {e.__class__.__name__}") from None
         location = response.headers.get("location") if response.status_code in _REDIRECTS else None

@@ -2,20 +2,38 @@
 
 Order of preference: an internal endpoint in our own region (`local`), then an
 internal endpoint of each peer region in the configured order (`peer`), then
-the public path (`cdn`).
+the public path (`cdn`). A probe is one HEAD of the file's download URL with the
+region header, redirects not followed.
+
+Probing every region for every file would flood the hub when a large repo is
+opened, so (keys always include the commit):
+
+* identical probes in flight at once are made once (single flight);
+* the region that won for a repo@commit is probed first for the repo's other
+  files, and while the first file of a repo is being resolved, the others wait
+  for its answer instead of walking every region themselves — N files and P
+  peers cost about N + P probes; every file is still confirmed by its own probe;
+* a walk where every region missed is remembered only briefly (`miss_ttl`);
+  a walk with a transient failure (timeout, 5xx, refused) is not remembered;
+* an inline `200` (a small file served by the hub itself) decides nothing for
+  the repo's other files.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
+import trio
+
 from fusefs.data.location import BadLocation, is_internal, location_kind
-from fusefs.hub.client import HubClient, HubError, RepoId
+from fusefs.hub.client import Answer, HubClient, HubError, RepoId
 
 log = logging.getLogger(__name__)
 
 MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " "}
+_CDN = ""  # the winner value meaning "no region had it internally"
 
 
 @dataclass(frozen=True)
@@ -33,38 +51,133 @@ class ResolveError(HubError):
     pass
 
 
+@dataclass
+class _Winner:
+    region: str  # a region name, or _CDN
+    expires: float  # monotonic time; inf for an internal winner
+
+
 class Resolver:
-    def __init__(self, hub: HubClient, region: str | None, peers: tuple[str, ...] = ()):
+    def __init__(self, hub: HubClient, region: str | None, peers: tuple[str, ...] = (), *,
+                 miss_ttl: float = 60.0, probe_attempts: int = 3):
         self.hub = hub
         self.region = region
-        self.peers = peers
-        self.probes = 0
+        self.peers = tuple(p for p in peers if p != region)
+        self.miss_ttl = miss_ttl
+        self.probe_attempts = probe_attempts
+        self.probes: Counter[str] = Counter()  # by outcome
+        self._winners: dict[tuple[RepoId, str], _Winner] = {}
+        self._walking: dict[tuple[RepoId, str], trio.Event] = {}
+        self._inflight: dict[tuple, tuple[trio.Event, list]] = {}
 
-    async def resolve(self, repo: RepoId, commit: str, path: str) -> Resolution:
-        candidates = [("local", r) for r in (self.region,) if r]
-        candidates += [("peer", r) for r in self.peers]
-        public: str | None = None
-        for source, region in candidates + [("cdn", None)]:
-            self.probes += 1
-            answer = await self.hub.ask_location(repo, commit, path, region)
-            if answer.location is None:
-                continue
-            try:
-                location_kind(answer.location)
-            except BadLocation as e:
-                log.warning("%s/%s: %s", repo, path, e)
-                continue
-            if region and is_internal(answer.location):
-                return self._chosen(repo, path, Resolution(source, region, answer.location))
-            public = public or answer.location
-            if region is None:
-                break
-        if public is None:
-            raise ResolveError(f"{repo}/{path}: the hub gave no usable location")
-        return self._chosen(repo, path, Resolution("cdn", "", public))
+    @property
+    def candidates(self) -> list[tuple[str, str]]:
+        local = [("local", self.region)] if self.region else []
+        return local + [("peer", p) for p in self.peers]
 
-    @staticmethod
-    def _chosen(repo: RepoId, path: str, res: Resolution) -> Resolution:
+    async def resolve(self, repo: RepoId, commit: str, path: str, *,
+                      exclude: frozenset[str] = frozenset()) -> Resolution:
+        """Where to read `path` from, skipping regions in `exclude` (they failed)."""
+        key = (repo, commit)
+        while (walking := self._walking.get(key)) is not None and self._winner(key) is None:
+            await walking.wait()
+        winner = self._winner(key)
+        leader = winner is None and key not in self._walking
+        if leader:
+            self._walking[key] = trio.Event()
+        try:
+            res, conclusive = await self._walk(repo, commit, path, winner, exclude)
+        finally:
+            if leader:
+                self._walking.pop(key).set()
+        if conclusive and not exclude:
+            if res.source != "cdn":
+                self._winners[key] = _Winner(res.region, float("inf"))
+            elif winner is None or winner.region != _CDN:
+                self._winners[key] = _Winner(_CDN, trio.current_time() + self.miss_ttl)
         log.info("%s %s/%s via %s%s", res.marker, repo, path, res.source,
                  f" ({res.region})" if res.region else "")
         return res
+
+    def _winner(self, key) -> _Winner | None:
+        winner = self._winners.get(key)
+        if winner is not None and winner.expires < trio.current_time():
+            del self._winners[key]
+            return None
+        return winner
+
+    async def _walk(self, repo: RepoId, commit: str, path: str, winner: _Winner | None,
+                    exclude: frozenset[str]) -> tuple[Resolution, bool]:
+        """Probe in order; (resolution, whether every probe gave a clear answer)."""
+        order = [c for c in self.candidates if c[1] not in exclude]
+        if winner is not None and winner.region != _CDN:
+            order.sort(key=lambda c: c[1] != winner.region)  # stable: the rest keep their order
+        elif winner is not None and order:
+            order = order[:1]  # recently all missed: one probe for the public location
+        if not order:
+            order = [("cdn", None)]
+        public: str | None = None
+        conclusive = True
+        for source, region in order:
+            answer = await self._probe(repo, commit, path, region)
+            if answer is None:
+                conclusive = False
+                continue
+            if answer.status == 200:
+                # Served inline by the hub: fine for this file, says nothing of the others.
+                url = self.hub.download_url(repo, commit, path)
+                return Resolution("cdn", "", url), False
+            if answer.location is None:
+                conclusive = False
+                continue
+            if region and is_internal(answer.location):
+                return Resolution(source, region, answer.location), conclusive
+            public = public or answer.location
+        if public is None:
+            raise ResolveError(f"{repo}/{path}: the hub gave no usable location")
+        return Resolution("cdn", "", public), conclusive
+
+    async def _probe(self, repo: RepoId, commit: str, path: str,
+                     region: str | None) -> Answer | None:
+        """One probe (shared with identical ones in flight); None if it failed transiently."""
+        key = (repo, commit, path, region)
+        if (shared := self._inflight.get(key)) is not None:
+            await shared[0].wait()
+            return shared[1][0]
+        done, box = trio.Event(), [None]
+        self._inflight[key] = (done, box)
+        try:
+            box[0] = await self._probe_with_retries(repo, commit, path, region)
+            return box[0]
+        finally:
+            del self._inflight[key]
+            done.set()
+
+    async def _probe_with_retries(self, repo, commit, path, region) -> Answer | None:
+        for attempt in range(self.probe_attempts):
+            if attempt:
+                await trio.sleep(0.05 * 2 ** attempt)
+            try:
+                answer = await self.hub.ask_location(repo, commit, path, region)
+            except HubError as e:
+                self.probes["error"] += 1
+                log.info("probe %s/%s region=%s failed: %s", repo, path, region or "-", e)
+                continue
+            if answer.status >= 500 or answer.status == 429:
+                self.probes["error"] += 1
+                continue
+            if answer.status == 404:
+                self.probes["missing"] += 1
+                raise ResolveError(f"{repo}/{path}: not found at {commit[:12]}")
+            if answer.location is not None:
+                try:
+                    location_kind(answer.location)
+                except BadLocation as e:
+                    self.probes["refused"] += 1
+                    log.warning("%s/%s: %s", repo, path, e)
+                    return Answer(answer.status, None)
+                self.probes["internal" if is_internal(answer.location) else "public"] += 1
+            else:
+                self.probes["inline" if answer.status == 200 else "other"] += 1
+            return answer
+        return None

@@ -1,0 +1,74 @@
+"""Faults under a real mount: the store breaks, the reader sees exact bytes or a prompt EIO."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+import pytest
+from mounting import MiB, is_mounted, make_bytes, sha256_file, start_mount, write_file
+
+from conftest import start_server
+
+SIZE = 32 * MiB + 5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    for i in range(6):
+        write_file(root / "acme" / "faulty" / f"f{i}.bin", make_bytes(SIZE, seed=100 + i))
+    server = start_server(root, "--faults")
+    mp = tmp_path_factory.mktemp("mnt") / "models"
+    m = start_mount(mp, server.hub, "--repo", "acme/faulty", "--region", "local",
+                    "--read-timeout", "4")
+    yield root, server, mp, m
+    m.unmount()
+    server.stop()
+    assert not is_mounted(mp)
+
+
+@pytest.mark.parametrize("index,kind,params", [
+    (0, "break", {"after_bytes": 7 * MiB + 11}),
+    (1, "corrupt", {"count": 2}),
+    (2, "unavailable", {"count": 3}),
+    (3, "redirect", {"routing_token": "r1"}),
+    (4, "delay", {"ms": 50, "count": 5}),
+])
+def test_fault_mid_read_keeps_bytes_exact(setup, index, kind, params):
+    root, server, mp, _ = setup
+    server.clear_faults()
+    server.reset_stats()
+    server.add_fault(kind, **params)
+    rel = f"acme/faulty/f{index}.bin"
+    assert sha256_file(mp / rel) == sha256_file(root / rel)
+    stats = server.stats()
+    assert stats["faults_injected"][kind] >= 1
+    if kind == "break":  # exactly one reopen for one break
+        assert sum(stats["streams_opened"].values()) == 2
+
+
+def test_stopped_store_gives_eio_within_deadline_and_recovers(setup):
+    root, server, mp, _ = setup
+    rel = "acme/faulty/f5.bin"
+    fd = os.open(mp / rel, os.O_RDONLY)  # resolved and streaming before the store stops
+    assert len(os.pread(fd, 4096, 0)) == 4096
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError) as e:
+            os.pread(fd, MiB, 20 * MiB)
+        elapsed = time.monotonic() - start
+        assert e.value.errno == errno.EIO
+        assert elapsed < 4 + 3, elapsed  # the deadline plus scheduling slack
+        # the namespace comes from the pinned listing: still there
+        assert os.stat(mp / rel).st_size == SIZE
+        assert len(os.listdir(mp / "acme" / "faulty")) == 6
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    with open(root / rel, "rb") as src:
+        src.seek(20 * MiB)
+        assert os.pread(fd, MiB, 20 * MiB) == src.read(MiB)
+    os.close(fd)
