@@ -24,7 +24,8 @@ from fusefs.server.command import serve  # noqa: E402
 
 main.add_command(serve)
 
-from fusefs.fs.command import mount, unmount  # noqa: E402
+from fusefs.fs.command import config, mount, unmount  # noqa: E402
 
 main.add_command(mount)
 main.add_command(unmount)
+main.add_command(config)

@@ -3,7 +3,7 @@
 import pytest
 
 from fusefs.data.location import BadLocation, GrpcObject, is_internal, location_kind, parse_grpc_url
-from fusefs.fs.mount import RepoSpec
+from fusefs.hub.client import RepoSpec
 from fusefs.hub.listing import parse_files
 
 

@@ -1,8 +1,7 @@
-"""`modelfs mount` and `modelfs unmount`."""
+"""`modelfs mount`, `modelfs unmount` and `modelfs config show`."""
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -11,78 +10,81 @@ import tempfile
 
 import click
 
+from fusefs import logs
+from fusefs.config import SETTINGS, ConfigError, Value, merge
 from fusefs.data.reader import ReadLimits
-from fusefs.data.location import valid_region
-from fusefs.fs.mount import MountError, MountSettings, RepoSpec, mount_source, run_mount
+from fusefs.fs.mount import MountError, MountSettings, mount_source, run_mount
+from fusefs.hub.client import RepoSpec
 
 READY_FD_ENV = "MODELFS_READY_FD"
 START_TIMEOUT = 120.0
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    scale = units.get(t[-1:], 1)
-    if t[-1:] in units:
-        t = t[:-1]
+def setting_options(command):
+    """One option per setting, no defaults: absence lets env, file and default speak."""
+    for s in reversed(SETTINGS):
+        env = f" [env {' or '.join(s.envvars)}]" if s.envvars else ""
+        command = click.option(s.flag, s.key, metavar=s.metavar, multiple=s.repeatable,
+                               default=None, help=s.help + env)(command)
+    return click.option("--config", "config", metavar="PATH", type=click.Path(dir_okay=False),
+                        help="TOML config file [default: /etc/modelfs/config.toml if present; "
+                             "env MODELFS_CONFIG].")(command)
+
+
+def effective_settings(config: str | None, flags: dict) -> dict[str, Value]:
     try:
-        value = int(float(t) * scale)
-    except ValueError:
-        raise click.BadParameter(f"not a size: {text!r} (use e.g. 512M, 2G)") from None
-    if value <= 0:
-        raise click.BadParameter(f"size must be positive: {text!r}")
-    return value
+        return merge(flags, config)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def read_token(values: dict[str, Value]) -> str | None:
+    path = values["token_file"].value
+    if path:
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise click.UsageError(f"token file {path}: {e.strerror}") from None
+    return os.environ.get("MODELSCOPE_API_TOKEN") or None
 
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--hub", required=True, envvar="MODELFS_HUB", metavar="URL",
-              help="Hub API base URL, e.g. http://127.0.0.1:8080 (env MODELFS_HUB).")
-@click.option("--repo", "repos", multiple=True, metavar="OWNER/NAME[@REV]",
-              help="Pin a repo at mount (repeatable). Others are found on first access.")
-@click.option("--region", envvar=["MODELFS_REGION", "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION"],
-              metavar="NAME", help="This machine's region (env MODELFS_REGION or "
-              "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION); asked of the hub when unset.")
-@click.option("--inter-regions", "peers",
-              envvar=["MODELFS_INTER_REGIONS", "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS"],
-              metavar="A,B", default="", help="Peer regions reachable over private links, "
-              "in order of preference (env MODELFS_INTER_REGIONS or "
-              "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS).")
-@click.option("--memory", "memory", default="512M", show_default=True, metavar="SIZE",
-              help="Budget for buffered and prefetched bytes, all files together.")
-@click.option("--read-timeout", default=30.0, show_default=True, metavar="SECONDS",
-              help="A read not served within this fails with EIO.")
-@click.option("--allow-other", is_flag=True, help="Let other users read the mount.")
+@setting_options
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached and log to stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background mount logs.")
-@click.option("--debug", is_flag=True, help="Log every event.")
-def mount(mountpoint, hub, repos, region, peers, memory, read_timeout, allow_other, foreground,
-          log_file, debug):
+def mount(mountpoint, config, foreground, log_file, **flags):
     """Mount hub repos read-only at MOUNTPOINT as MOUNTPOINT/<owner>/<name>/<file>.
+
+    Settings come from flags, then environment variables, then the config file,
+    then defaults (see `modelfs config show`).
 
     \b
     Examples:
       modelfs mount /models --hub http://127.0.0.1:8080 --repo Qwen/Qwen3-8B
-      modelfs mount /models --hub http://hub:8080 --repo acme/llm@v1.0 --foreground
+      modelfs mount /models --hub http://hub:8080 --repo acme/llm@v1.0 --region cn-hangzhou \\
+          --inter-regions cn-beijing,cn-shanghai --foreground
     """
-    try:
-        specs = tuple(RepoSpec.parse(r) for r in repos)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    peer_list = tuple(p.strip() for p in peers.split(",") if p.strip())
-    for name in ((region,) if region else ()) + peer_list:
-        if not valid_region(name):
-            raise click.UsageError(f"bad region name {name!r}: use lowercase letters, digits and '-'")
-    if read_timeout <= 0:
-        raise click.UsageError("--read-timeout must be positive")
+    values = effective_settings(config, flags)
+    if values["hub"].value is None:
+        raise click.UsageError("no hub: give --hub URL, MODELFS_HUB, or hub = \"URL\" in the config file")
+    token = read_token(values)
     settings = MountSettings(
-        mountpoint=mountpoint, hub=hub, repos=specs, region=region, peers=peer_list,
-        memory_budget=_size(memory), read_limits=ReadLimits(deadline=read_timeout),
-        allow_other=allow_other)
+        mountpoint=mountpoint,
+        hub=values["hub"].value,
+        repos=tuple(RepoSpec.parse(r) for r in values["repos"].value),
+        region=values["region"].value,
+        peers=values["inter_regions"].value,
+        token=token,
+        memory_budget=values["memory"].value,
+        read_limits=ReadLimits(deadline=values["read_timeout"].value),
+        allow_other=values["allow_other"].value,
+        metrics=values["metrics"].value,
+    )
     if not foreground:
         sys.exit(_start_in_background(mountpoint, log_file))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(values["log_level"].value, values["log_format"].value, secrets=(token or "",))
     ready_fd = os.environ.pop(READY_FD_ENV, None)  # set when a background start waits on us
     try:
         run_mount(settings, on_ready=lambda: _tell_starter(ready_fd, "ok"))
@@ -153,3 +155,22 @@ def unmount(mountpoint, lazy):
                                 capture_output=True, text=True)
     if result.returncode != 0:
         raise click.ClickException(f"could not unmount {path}: {result.stderr.strip()}")
+
+
+@click.group()
+def config():
+    """Inspect settings."""
+
+
+@config.command("show")
+@setting_options
+def config_show(config, **flags):
+    """Print the effective mount settings and where each came from.
+
+    \b
+    Example:
+      MODELFS_REGION=cn-hangzhou modelfs config show --config /etc/modelfs/config.toml
+    """
+    for key, v in effective_settings(config, flags).items():
+        shown = ",".join(v.value) if isinstance(v.value, tuple) else v.value
+        click.echo(f"{key:14} = {'' if shown is None else shown}    ({v.origin})")

@@ -15,8 +15,8 @@ import trio
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
 from fusefs.data.reader import ReadLimits
 from fusefs.fs.ops import ModelFS
-from fusefs.fs.tree import Tree, valid_repo_part
-from fusefs.hub.client import HubClient, HubError, RepoId
+from fusefs.fs.tree import Tree
+from fusefs.hub.client import HubClient, HubError, RepoSpec
 from fusefs.hub.resolve import Resolver
 
 log = logging.getLogger(__name__)
@@ -27,23 +27,6 @@ READ_AHEAD_KB = 16 * 1024
 
 class MountError(Exception):
     """The mount could not start; the message is one line for a person."""
-
-
-@dataclass(frozen=True)
-class RepoSpec:
-    repo: RepoId
-    revision: str = "master"
-
-    @classmethod
-    def parse(cls, text: str) -> RepoSpec:
-        """OWNER/NAME[@REVISION]"""
-        name, _, revision = text.partition("@")
-        owner, slash, repo = name.partition("/")
-        if not slash or not valid_repo_part(owner) or not valid_repo_part(repo):
-            raise ValueError(f"bad repo {text!r}: expected OWNER/NAME[@REVISION]")
-        if "@" in text and not revision:
-            raise ValueError(f"bad repo {text!r}: empty revision after '@'")
-        return cls(RepoId(owner, repo), revision or "master")
 
 
 @dataclass(frozen=True)
@@ -58,6 +41,7 @@ class MountSettings:
     read_limits: ReadLimits = field(default_factory=ReadLimits)
     allow_other: bool = False
     read_ahead_kb: int = READ_AHEAD_KB
+    metrics: str | None = None  # HOST:PORT for the Prometheus endpoint
 
 
 def check_mountpoint(path: str) -> str:

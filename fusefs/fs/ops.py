@@ -21,8 +21,8 @@ import trio
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError, DeadlineError, GoneError, TransientError
 from fusefs.data.reader import FileReader
-from fusefs.fs.tree import Node, Tree, valid_repo_part
-from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound
+from fusefs.fs.tree import Node, Tree
+from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound, valid_repo_part
 from fusefs.hub.resolve import Resolution, Resolver
 
 log = logging.getLogger(__name__)

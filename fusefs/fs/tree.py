@@ -8,7 +8,6 @@ added); nothing in it is ever replaced, because each repo is a pinned snapshot.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
 from dataclasses import dataclass, field
@@ -17,14 +16,6 @@ import pyfuse3
 
 from fusefs.hub.client import RepoId, Snapshot
 from fusefs.hub.listing import RepoFile
-
-_OWNER_OR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def valid_repo_part(part: str) -> bool:
-    """Owner and repo names as the hub allows them; anything else is never asked for."""
-    return bool(_OWNER_OR_NAME.match(part))
-
 
 @dataclass(eq=False)
 class Node:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 REGION_HEADER = "x-aliyun-region-id"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_OWNER_OR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -42,6 +43,28 @@ class RepoId:
     @property
     def api(self) -> str:
         return f"/api/v1/models/{quote(self.owner, safe='')}/{quote(self.name, safe='')}"
+
+
+def valid_repo_part(part: str) -> bool:
+    """Owner and repo names as the hub allows them; anything else is never asked for."""
+    return bool(_OWNER_OR_NAME.match(part))
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    repo: RepoId
+    revision: str = "master"
+
+    @classmethod
+    def parse(cls, text: str) -> RepoSpec:
+        """OWNER/NAME[@REVISION]"""
+        name, _, revision = text.partition("@")
+        owner, slash, repo = name.partition("/")
+        if not slash or not valid_repo_part(owner) or not valid_repo_part(repo):
+            raise ValueError(f"bad repo {text!r}: expected OWNER/NAME[@REVISION]")
+        if "@" in text and not revision:
+            raise ValueError(f"bad repo {text!r}: empty revision after '@'")
+        return cls(RepoId(owner, repo), revision or "master")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,212 @@
+"""Mount settings: one table of every setting, merged flag > env > config file > default.
+
+Each setting is declared once here; the `mount` command's options, the config
+file's keys, the environment variables and `modelfs config show` all come from
+this table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fusefs.data.location import valid_region
+from fusefs.hub.client import RepoSpec
+
+DEFAULT_CONFIG = "/etc/modelfs/config.toml"
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key."""
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value.strip()
+
+
+def _url(value: object) -> str:
+    text = _text(value)
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def _region(value: object) -> str:
+    text = _text(value)
+    if not valid_region(text):
+        raise ValueError(f"bad region name {text!r}: use lowercase letters, digits and '-'")
+    return text
+
+
+def _list(item: Callable[[object], object]) -> Callable[[object], tuple]:
+    def parse(value: object) -> tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("expected a list")
+        return tuple(item(v) for v in value)
+    return parse
+
+
+def _size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        text = _text(value).lower().removesuffix("ib").removesuffix("b")
+        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        scale = units.get(text[-1:], 1)
+        try:
+            n = int(float(text[:-1] if text[-1:] in units else text) * scale)
+        except ValueError:
+            raise ValueError(f"not a size: {value!r} (use e.g. 512M, 2G)") from None
+    if n <= 0:
+        raise ValueError(f"size must be positive: {value!r}")
+    return n
+
+
+def _seconds(value: object) -> float:
+    try:
+        n = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    if not 0 < n <= 86400:
+        raise ValueError(f"seconds out of range: {value!r}")
+    return n
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _host_port(value: object) -> str:
+    text = _text(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _choice(*options: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _text(value).lower()
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return text
+    return parse
+
+
+def _path(value: object) -> str:
+    return os.path.abspath(os.path.expanduser(_text(value)))
+
+
+def _repo(value: object) -> str:
+    text = _text(value)
+    RepoSpec.parse(text)  # ValueError names what is wrong
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # config-file key; the flag is --key with '_' as '-'
+    parse: Callable[[object], object]
+    default: object
+    envvars: tuple[str, ...]
+    help: str
+    metavar: str = ""
+    flag_name: str = ""  # when the flag is not --key
+    repeatable: bool = False  # the flag may be given several times
+
+    @property
+    def flag(self) -> str:
+        return self.flag_name or "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("hub", _url, None, ("MODELFS_HUB",), "Hub API base URL.", "URL"),
+    Setting("repos", _list(_repo), (), ("MODELFS_REPOS",),
+            "Pin a repo at mount (repeatable); others are found on first access.",
+            "OWNER/NAME[@REV]", flag_name="--repo", repeatable=True),
+    Setting("region", _region, None, ("MODELFS_REGION", "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION"),
+            "This machine's region; asked of the hub when unset.", "NAME"),
+    Setting("inter_regions", _list(_region), (),
+            ("MODELFS_INTER_REGIONS", "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS"),
+            "Peer regions reachable over private links, in order of preference.", "A,B"),
+    Setting("token_file", _path, None, ("MODELFS_TOKEN_FILE",),
+            "File holding the hub token (MODELSCOPE_API_TOKEN is read too).", "PATH"),
+    Setting("memory", _size, 512 << 20, ("MODELFS_MEMORY",),
+            "Budget for buffered and prefetched bytes, all files together.", "SIZE"),
+    Setting("read_timeout", _seconds, 30.0, ("MODELFS_READ_TIMEOUT",),
+            "A read not served within this many seconds fails with EIO.", "SECONDS"),
+    Setting("metrics", _host_port, None, ("MODELFS_METRICS",),
+            "Serve Prometheus metrics on this address (loopback advised).", "HOST:PORT"),
+    Setting("log_format", _choice("text", "json"), "text", ("MODELFS_LOG_FORMAT",),
+            "Log lines as text or JSON.", "text|json"),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "info",
+            ("MODELFS_LOG_LEVEL",), "Least severe level logged.", "LEVEL"),
+    Setting("allow_other", _bool, False, ("MODELFS_ALLOW_OTHER",),
+            "Let users other than the mounting one read the mount.", "BOOL"),
+)
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Value:
+    value: object
+    origin: str  # "flag", "env NAME", "file PATH", "default"
+
+
+def load_file(path: str | None) -> tuple[dict, str | None]:
+    """The config file's table and its path; {} when no file applies."""
+    explicit = path is not None
+    path = path or os.environ.get("MODELFS_CONFIG") or DEFAULT_CONFIG
+    if not os.path.exists(path):
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}, None
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    for key in table:
+        if key not in BY_KEY:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+    return table, path
+
+
+def merge(flags: dict[str, object], config_path: str | None,
+          environ: dict[str, str] | None = None) -> dict[str, Value]:
+    """Every setting's effective value and where it came from."""
+    environ = os.environ if environ is None else environ
+    table, path = load_file(config_path)
+    out: dict[str, Value] = {}
+    for s in SETTINGS:
+        raw, origin = s.default, "default"
+        env = next((e for e in s.envvars if environ.get(e)), None)
+        if flags.get(s.key) not in (None, ()):
+            raw, origin = flags[s.key], "flag"
+        elif env is not None:
+            raw, origin = environ[env], f"env {env}"
+        elif s.key in table:
+            raw, origin = table[s.key], f"file {path}"
+        if origin == "default":
+            out[s.key] = Value(raw, origin)
+            continue
+        try:
+            out[s.key] = Value(s.parse(raw), origin)
+        except ValueError as e:
+            where = {"flag": s.flag}.get(origin, f"{s.key} ({origin})")
+            raise ConfigError(f"{where}: {e}") from None
+    return out

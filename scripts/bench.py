@@ -1,0 +1,193 @@
+"""modelfs benchmark: one run, baselines measured side by side, ratios reported.
+
+Workloads (each against the same `modelfs serve` on loopback):
+  cold_seq      1 GiB read sequentially in 1 MiB blocks: mount vs raw client library
+  random        pread 4 KiB and 1 MiB from 4 threads through the mount (IOPS, MB/s, p50/p99)
+  warm          re-read of the same file after close/reopen (page cache kept) vs local disk
+  ttfb          open + first byte of cold files (p50/p95)
+Writes a JSON report (--out) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from mounting import start_mount  # noqa: E402
+from servers import start_server  # noqa: E402
+
+from fusefs.data.client import DataClient  # noqa: E402
+from fusefs.hub.client import HubClient, RepoId  # noqa: E402
+
+MiB = 1 << 20
+REPO = RepoId("bench", "model")
+
+
+def make_store(root: Path, big: int, small_count: int) -> None:
+    repo = root / "bench" / "model"
+    repo.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(repo / "big.bin", "wb") as f:
+        left = big
+        while left:
+            n = min(left, 64 * MiB)
+            f.write(rng.bytes(n))
+            left -= n
+    for i in range(small_count):
+        (repo / f"small-{i:03d}.bin").write_bytes(rng.bytes(MiB))
+
+
+def drop_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_sequential(path: Path, block: int = MiB) -> tuple[int, float]:
+    t = time.perf_counter()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(block):
+            total += len(chunk)
+    return total, time.perf_counter() - t
+
+
+async def raw_client_sequential(hub: str, path: str, size: int, block: int = MiB) -> float:
+    async with HubClient(hub) as client:
+        snap = await client.snapshot(REPO)
+        answer = await client.ask_location(REPO, snap.commit, path, "local")
+    async with DataClient() as data:
+        reader = data.open_reader(answer.location, size)
+        t = time.perf_counter()
+        off = 0
+        while chunk := await reader.read(off, block):
+            off += len(chunk)
+        return time.perf_counter() - t
+
+
+def random_preads(path: Path, size: int, block: int, threads: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        mine = []
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while time.perf_counter() < stop:
+                off = rng.randrange(0, size - block) // 4096 * 4096
+                t = time.perf_counter()
+                os.pread(fd, block, off)
+                mine.append(time.perf_counter() - t)
+        finally:
+            os.close(fd)
+        with lock:
+            latencies.extend(mine)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "block": block, "threads": threads, "ops": n, "iops": n / elapsed,
+        "mb_s": n * block / elapsed / 1e6,
+        "p50_ms": latencies[n // 2] * 1e3, "p99_ms": latencies[min(n - 1, n * 99 // 100)] * 1e3,
+    }
+
+
+def ttfb(paths: list[Path]) -> dict:
+    samples = []
+    for p in paths:
+        t = time.perf_counter()
+        with open(p, "rb", buffering=0) as f:
+            f.read(1)
+        samples.append(time.perf_counter() - t)
+    samples.sort()
+    return {"files": len(samples), "p50_ms": statistics.median(samples) * 1e3,
+            "p95_ms": samples[int(len(samples) * 0.95) - 1] * 1e3}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024, help="size of the big file")
+    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each random-read run")
+    ap.add_argument("--out", default="bench-out/report.json")
+    args = ap.parse_args()
+    size = args.size_mib * MiB
+    report: dict = {"size_bytes": size}
+    with tempfile.TemporaryDirectory(prefix="modelfs-bench-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        make_store(store, size, small_count=40)
+        local = store / "bench" / "model" / "big.bin"
+        server = start_server(store)
+        try:
+            # raw client library, no FUSE
+            raw_t = trio.run(raw_client_sequential, server.hub, "big.bin", size)
+            report["raw_client_seq_mb_s"] = size / raw_t / 1e6
+            # cold through a fresh mount
+            mp = work / "mnt"
+            m = start_mount(mp, server.hub, "--repo", "bench/model", "--region", "local")
+            try:
+                big = mp / "bench" / "model" / "big.bin"
+                n, t = read_sequential(big)
+                assert n == size
+                report["mount_cold_seq_mb_s"] = size / t / 1e6
+                n, t = read_sequential(big)
+                report["mount_warm_seq_mb_s"] = size / t / 1e6
+                read_sequential(local)  # local file in page cache: the best a disk cache can do
+                n, t = read_sequential(local)
+                report["local_warm_seq_mb_s"] = size / t / 1e6
+                report["ttfb"] = ttfb(sorted((mp / "bench" / "model").glob("small-*.bin")))
+                report["random"] = [random_preads(big, size, b, 4, args.seconds)
+                                    for b in (4096, MiB)]
+                with open(f"/proc/{m.pid}/status") as f:
+                    report["mount_vm_hwm_mib"] = next(
+                        int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
+            finally:
+                m.unmount()
+        finally:
+            server.stop()
+    report["ratio_cold_mount_vs_raw"] = report["mount_cold_seq_mb_s"] / report["raw_client_seq_mb_s"]
+    report["ratio_warm_mount_vs_local"] = report["mount_warm_seq_mb_s"] / report["local_warm_seq_mb_s"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"{'workload':38} {'value':>12}")
+    print(f"{'raw client, cold sequential':38} {report['raw_client_seq_mb_s']:10.0f} MB/s")
+    print(f"{'mount, cold sequential':38} {report['mount_cold_seq_mb_s']:10.0f} MB/s")
+    print(f"{'  ratio mount/raw (target >= 0.8)':38} {report['ratio_cold_mount_vs_raw']:12.2f}")
+    print(f"{'mount, warm re-read':38} {report['mount_warm_seq_mb_s']:10.0f} MB/s")
+    print(f"{'local file, page cache':38} {report['local_warm_seq_mb_s']:10.0f} MB/s")
+    print(f"{'  ratio warm/local (target >= 0.9)':38} {report['ratio_warm_mount_vs_local']:12.2f}")
+    for r in report["random"]:
+        print(f"{f'random {r['block'] // 1024} KiB x{r['threads']} threads':38} "
+              f"{r['iops']:10.0f} IOPS {r['mb_s']:8.0f} MB/s p50 {r['p50_ms']:.2f} ms "
+              f"p99 {r['p99_ms']:.2f} ms")
+    print(f"{'open + first byte, cold':38} p50 {report['ttfb']['p50_ms']:.2f} ms "
+          f"p95 {report['ttfb']['p95_ms']:.2f} ms")
+    print(f"{'mount peak RSS':38} {report['mount_vm_hwm_mib']:10.0f} MiB")
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
