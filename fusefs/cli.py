@@ -24,8 +24,12 @@ from fusefs.server.command import serve  # noqa: E402
 
 main.add_command(serve)
 
-from fusefs.fs.command import config, mount, unmount  # noqa: E402
+from fusefs.fs.command import (  # noqa: E402
+    config, mount, prefetch, status, systemd_unit, unmount)
 
 main.add_command(mount)
 main.add_command(unmount)
 main.add_command(config)
+main.add_command(status)
+main.add_command(prefetch)
+main.add_command(systemd_unit)

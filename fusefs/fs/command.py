@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,9 @@ import click
 from fusefs import logs
 from fusefs.config import SETTINGS, ConfigError, Value, merge
 from fusefs.data.reader import ReadLimits
+from fusefs.fs.prefetch import prefetch as run_prefetch
+from fusefs.fs.status import STATUS_XATTR
+from fusefs.fs.systemd import unit_text
 from fusefs.fs.mount import MountError, MountSettings, mount_source, run_mount
 from fusefs.hub.client import RepoSpec
 
@@ -174,3 +178,102 @@ def config_show(config, **flags):
     for key, v in effective_settings(config, flags).items():
         shown = ",".join(v.value) if isinstance(v.value, tuple) else v.value
         click.echo(f"{key:14} = {'' if shown is None else shown}    ({v.origin})")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(mountpoint, as_json):
+    """Show a running mount: settings, open files and where each came from.
+
+    Markers: ⚡ local region, ⇄ peer region, blank: public CDN.
+
+    \b
+    Example:
+      modelfs status /models
+    """
+    try:
+        raw = os.getxattr(mountpoint, STATUS_XATTR)
+    except OSError as e:
+        raise click.ClickException(f"{mountpoint} is not a modelfs mount ({e.strerror})") from None
+    state = json.loads(raw)
+    if as_json:
+        click.echo(json.dumps(state, indent=2, ensure_ascii=False))
+        return
+    mem = state["memory"]
+    click.echo(f"mount    {state['mountpoint']}  (up {state['uptime_seconds']:.0f}s)")
+    click.echo(f"hub      {state['settings'].get('hub')}")
+    click.echo(f"region   {state['region'] or '-'}   peers: {', '.join(state['peers']) or '-'}")
+    click.echo(f"repos    {', '.join(state['repos']) or '-'}")
+    click.echo(f"read     " + ", ".join(f"{_human(n)} {src}" for src, n in state["bytes_read"].items())
+               or "read     nothing yet")
+    click.echo(f"memory   {_human(mem['in_use'])} of {_human(mem['limit'])} "
+               f"({mem['evictions']} evictions)")
+    click.echo(f"streams  {state['stream_reopens']} reopens   probes: "
+               + (", ".join(f"{k} {v}" for k, v in sorted(state["probes"].items())) or "0"))
+    if state["errors"]:
+        click.echo("errors   " + ", ".join(f"{k} {v}" for k, v in sorted(state["errors"].items())))
+    click.echo(f"files    {state['files_open']} with a data path")
+    for f in state["files"]:
+        where = f"{f['source']} {f['region']}".strip()
+        click.echo(f"  {f['marker']} {f['path']}  {_human(f['bytes_read'])} read  [{where}]"
+                   f"  reopens {f['stream_reopens']}")
+    if state["files_not_listed"]:
+        click.echo(f"  … and {state['files_not_listed']} more")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--jobs", "-j", default=4, show_default=True, help="Files read at once.")
+def prefetch(paths, jobs):
+    """Warm files, or whole repos, into the page cache through the mount.
+
+    One progress bar per file (⚡ local, ⇄ peer, blank CDN); quiet when not a terminal.
+    Exits non-zero if any file failed.
+
+    \b
+    Example:
+      modelfs prefetch /models/Qwen/Qwen3-8B
+    """
+    outcomes = run_prefetch(list(paths), jobs)
+    failed = [o for o in outcomes if o.error]
+    total = sum(o.bytes for o in outcomes)
+    click.echo(f"prefetched {len(outcomes) - len(failed)} of {len(outcomes)} files, {_human(total)}",
+               err=True)
+    if failed:
+        sys.exit(1)
+
+
+@click.command("systemd-unit")
+@click.option("--template", is_flag=True, help="The modelfs@.service template (instance = mountpoint).")
+@click.option("--mountpoint", default="/models", show_default=True)
+@click.option("--config", "config_path", default="/etc/modelfs/config.toml", show_default=True)
+@click.option("--install", is_flag=True, help="Write it to /etc/systemd/system instead of printing.")
+def systemd_unit(template, mountpoint, config_path, install):
+    """Print (or install) the systemd unit for a modelfs mount.
+
+    \b
+    Examples:
+      modelfs systemd-unit --install && systemctl enable --now modelfs
+      modelfs systemd-unit --template --install && systemctl start modelfs@data-models
+        (mounts /data/models with /etc/modelfs/data-models.toml)
+    """
+    text = unit_text(template, mountpoint, config_path)
+    if not install:
+        click.echo(text, nl=False)
+        return
+    name = "modelfs@.service" if template else "modelfs.service"
+    path = os.path.join("/etc/systemd/system", name)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise click.ClickException(f"could not write {path}: {e.strerror}") from None
+    click.echo(f"wrote {path}; run: systemctl daemon-reload")

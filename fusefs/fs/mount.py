@@ -14,7 +14,9 @@ import trio
 
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
 from fusefs.data.reader import ReadLimits
+from fusefs.fs import systemd
 from fusefs.fs.ops import ModelFS
+from fusefs.fs.status import serve_metrics
 from fusefs.fs.tree import Tree
 from fusefs.hub.client import HubClient, HubError, RepoSpec
 from fusefs.hub.resolve import Resolver
@@ -107,9 +109,17 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             tree.add_snapshot(snap)
             log.info("pinned %s@%s at %s (%d files)", spec.repo, spec.revision,
                      snap.commit[:12], len(snap.files))
-        ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data)
+        view = {"mountpoint": mountpoint, "hub": settings.hub, "region": region,
+                "inter_regions": list(settings.peers), "memory_budget": settings.memory_budget,
+                "read_timeout": settings.read_limits.deadline, "metrics": settings.metrics}
+        ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data, view)
+        if settings.metrics:
+            try:
+                serve_metrics(ops, ops.registry, settings.metrics)
+            except OSError as e:
+                raise MountError(f"metrics address {settings.metrics}: {e.strerror}") from None
         options = set(pyfuse3.default_options) | {
-            "fsname=modelfs", "subtype=modelfs", "ro", "noatime"}
+            "fsname=modelfs", "subtype=modelfs", "ro", "noatime", "auto_unmount"}
         if settings.allow_other:
             options.add("allow_other")
         try:
@@ -117,11 +127,9 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
         except RuntimeError as e:
             raise MountError(f"could not mount {mountpoint}: {e}") from None
         try:
-            raise_read_ahead(mountpoint, settings.read_ahead_kb)
-            log.info("mounted %s (hub %s, region %s)", mountpoint, settings.hub, region or "-")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal)
-                on_ready()
+                nursery.start_soon(_announce, mountpoint, settings, region, on_ready)
                 await pyfuse3.main(min_tasks=4, max_tasks=FUSE_WORKERS)
                 nursery.cancel_scope.cancel()
         finally:
@@ -134,9 +142,22 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             log.info("unmounted %s", mountpoint)
 
 
+async def _announce(mountpoint: str, settings: MountSettings, region: str | None,
+                    on_ready: Callable[[], None]) -> None:
+    """Declare the mount ready once the kernel has completed FUSE INIT with us."""
+    # statfs is answered by our own main loop, so it returns only after INIT; the
+    # kernel resets read-ahead during INIT, so raising it must come after that too.
+    await trio.to_thread.run_sync(os.statvfs, mountpoint)
+    raise_read_ahead(mountpoint, settings.read_ahead_kb)
+    log.info("mounted %s (hub %s, region %s)", mountpoint, settings.hub, region or "-")
+    on_ready()
+    systemd.notify(f"READY=1\nSTATUS=mounted {mountpoint}")
+
+
 async def _stop_on_signal() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
+            systemd.notify("STOPPING=1")
             pyfuse3.terminate()
             return

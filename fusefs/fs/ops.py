@@ -10,17 +10,21 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
+from prometheus_client import CollectorRegistry
 
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError, DeadlineError, GoneError, TransientError
 from fusefs.data.reader import FileReader
+from fusefs.fs.status import STATUS_XATTR, ReadTimings, snapshot
 from fusefs.fs.tree import Node, Tree
 from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound, valid_repo_part
 from fusefs.hub.resolve import Resolution, Resolver
@@ -54,6 +58,7 @@ class OpenFile:
     resolution: Resolution
     reader: FileReader
     handles: int = 0
+    opened_at: float = 0.0  # until the first byte is served; then 0
     failed_regions: frozenset[str] = frozenset()
     reresolved: bool = False
     switching: trio.Lock = field(default_factory=trio.Lock)
@@ -62,12 +67,18 @@ class OpenFile:
 class ModelFS(pyfuse3.Operations):
     supports_dot_lookup = False
 
-    def __init__(self, tree: Tree, hub: HubClient, resolver: Resolver, data: DataClient):
+    def __init__(self, tree: Tree, hub: HubClient, resolver: Resolver, data: DataClient,
+                 settings_view: dict | None = None):
         super().__init__()
         self.tree = tree
         self.hub = hub
         self.resolver = resolver
         self.data = data
+        self.settings_view = settings_view or {}
+        self.started = time.monotonic()
+        self.errors: Counter[str] = Counter()
+        self.registry = CollectorRegistry()
+        self.timings = ReadTimings(self.registry)
         self.files: dict[int, OpenFile] = {}  # by inode
         self._handles: dict[int, OpenFile] = {}
         self._fh = itertools.count(1)
@@ -201,7 +212,8 @@ class ModelFS(pyfuse3.Operations):
         finally:
             del self._opening[node.inode]
             done.set()
-        opened = self.files[node.inode] = OpenFile(node, resolution, reader)
+        opened = self.files[node.inode] = OpenFile(node, resolution, reader,
+                                                   opened_at=time.monotonic())
         return opened
 
     @guarded
@@ -209,18 +221,29 @@ class ModelFS(pyfuse3.Operations):
         opened = self._handles.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        with self.timings.read.time():
+            data = await self._read(opened, off, size)
+        if opened.opened_at:
+            self.timings.first_byte.observe(time.monotonic() - opened.opened_at)
+            opened.opened_at = 0.0
+        return data
+
+    async def _read(self, opened: OpenFile, off: int, size: int) -> bytes:
         reader = opened.reader
         try:
             return await reader.read(off, size)
         except DataError as e:
             if isinstance(e, DeadlineError) or not await self._switch_source(opened, reader, e):
-                log.warning("read %s [%d, +%d): %s", reader.name, off, size, e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
+                self._read_failed(reader, off, size, e)
         try:
             return await opened.reader.read(off, size)
         except DataError as e:
-            log.warning("read %s [%d, +%d) after switching source: %s", reader.name, off, size, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            self._read_failed(reader, off, size, e)
+
+    def _read_failed(self, reader: FileReader, off: int, size: int, error: DataError):
+        self.errors[type(error).__name__] += 1
+        log.warning("read %s [%d, +%d): %s", reader.name, off, size, error)
+        raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def _switch_source(self, opened: OpenFile, failed: FileReader, error: DataError) -> bool:
         """After a failure the stream could not recover from: an expired or moved file
@@ -265,10 +288,14 @@ class ModelFS(pyfuse3.Operations):
 
     @guarded
     async def listxattr(self, inode, ctx):
+        if inode == pyfuse3.ROOT_INODE:
+            return [STATUS_XATTR]
         return list(XATTRS) if inode in self.files else []
 
     @guarded
     async def getxattr(self, inode, name, ctx):
+        if inode == pyfuse3.ROOT_INODE and name == STATUS_XATTR:
+            return json.dumps(snapshot(self), ensure_ascii=False).encode()
         opened = self.files.get(inode)
         if opened is None or name not in XATTRS:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

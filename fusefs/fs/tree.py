@@ -68,6 +68,10 @@ class Tree:
         return self.root.children.get(name) or self._add(
             self.root, name, True, mtime_ns=self.root.mtime_ns)
 
+    def snapshots(self) -> list[Snapshot]:
+        return [repo.snapshot for owner in self.root.children.values()
+                for repo in owner.children.values() if repo.snapshot is not None]
+
     def repo_dir(self, repo: RepoId) -> Node | None:
         owner = self.root.children.get(repo.owner.encode())
         return owner.children.get(repo.name.encode()) if owner else None

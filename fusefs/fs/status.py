@@ -1,0 +1,109 @@
+"""What a running mount reports about itself: `modelfs status` and Prometheus.
+
+Both read the live objects (open files, streams, resolver, budget) when asked,
+so the read path pays nothing for them except the latency histograms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+STATUS_XATTR = b"user.modelfs.status"
+MAX_FILES_LISTED = 200  # keeps the JSON under the 64 KiB xattr limit
+
+
+class ReadTimings:
+    """Latency histograms, fed by the read path."""
+
+    def __init__(self, registry: CollectorRegistry):
+        buckets = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+        self.read = Histogram("modelfs_read_seconds", "Time to serve one FUSE read",
+                              registry=registry, buckets=buckets)
+        self.first_byte = Histogram("modelfs_first_byte_seconds",
+                                    "From open of a cold file to its first byte served",
+                                    registry=registry, buckets=buckets)
+
+
+def snapshot(fs) -> dict:
+    """The mount's state as plain data (fs is a ModelFS)."""
+    files = []
+    for opened in fs.files.values():
+        src = opened.reader.source
+        counters = getattr(src, "counters", None)
+        files.append({
+            "path": opened.reader.name,
+            "marker": opened.resolution.marker,
+            "source": opened.resolution.source,
+            "region": opened.resolution.region,
+            "endpoint": opened.resolution.location,
+            "handles": opened.handles,
+            "bytes_read": opened.reader.bytes_read,
+            "stream_opens": counters.opens if counters else 0,
+            "stream_reopens": counters.reopens if counters else 0,
+            "buffered": opened.reader.buffered,
+        })
+    files.sort(key=lambda f: f["path"])
+    by_source: Counter[str] = Counter()
+    for f in files:
+        by_source[f["source"]] += f["bytes_read"]
+    return {
+        "mountpoint": fs.settings_view.get("mountpoint"),
+        "settings": fs.settings_view,
+        "uptime_seconds": round(time.monotonic() - fs.started, 1),
+        "region": fs.resolver.region,
+        "peers": list(fs.resolver.peers),
+        "repos": [f"{s.repo}@{s.revision} ({s.commit[:12]})" for s in fs.tree.snapshots()],
+        "files_open": len(files),
+        "bytes_read": dict(by_source),
+        "stream_reopens": sum(f["stream_reopens"] for f in files),
+        "probes": dict(fs.resolver.probes),
+        "memory": {"in_use": fs.data.budget.in_use, "limit": fs.data.budget.limit,
+                   "evictions": fs.data.budget.evictions},
+        "errors": dict(fs.errors),
+        "files": files[:MAX_FILES_LISTED],
+        "files_not_listed": max(0, len(files) - MAX_FILES_LISTED),
+    }
+
+
+class _Collector:
+    def __init__(self, fs):
+        self.fs = fs
+
+    def collect(self):
+        state = snapshot(self.fs)
+        read = CounterMetricFamily("modelfs_read_bytes", "Bytes served to readers, by source",
+                                   labels=["source"])
+        for source, n in state["bytes_read"].items():
+            read.add_metric([source], n)
+        yield read
+        probes = CounterMetricFamily("modelfs_probes", "Region probes sent to the hub, by outcome",
+                                     labels=["outcome"])
+        for outcome, n in state["probes"].items():
+            probes.add_metric([outcome], n)
+        yield probes
+        opens = sum(f["stream_opens"] for f in state["files"])
+        yield CounterMetricFamily("modelfs_stream_opens", "Data streams opened", value=opens)
+        yield CounterMetricFamily("modelfs_stream_reopens", "Data streams reopened after a break",
+                                  value=state["stream_reopens"])
+        errors = CounterMetricFamily("modelfs_errors", "Errors returned to readers, by kind",
+                                     labels=["kind"])
+        for kind, n in state["errors"].items():
+            errors.add_metric([kind], n)
+        yield errors
+        memory = GaugeMetricFamily("modelfs_memory_bytes", "Memory budget", labels=["state"])
+        memory.add_metric(["in_use"], state["memory"]["in_use"])
+        memory.add_metric(["limit"], state["memory"]["limit"])
+        yield memory
+        yield GaugeMetricFamily("modelfs_open_files", "Files with a data path",
+                                value=state["files_open"])
+
+
+def serve_metrics(fs, registry: CollectorRegistry, address: str) -> None:
+    """Prometheus text endpoint on HOST:PORT, in a background thread."""
+    registry.register(_Collector(fs))
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host, registry=registry)
