@@ -167,10 +167,10 @@ class Value:
     origin: str  # "flag", "env NAME", "file PATH", "default"
 
 
-def load_file(path: str | None) -> tuple[dict, str | None]:
+def load_file(path: str | None, environ) -> tuple[dict, str | None]:
     """The config file's table and its path; {} when no file applies."""
-    explicit = path is not None
-    path = path or os.environ.get("MODELFS_CONFIG") or DEFAULT_CONFIG
+    explicit = path is not None or bool(environ.get("MODELFS_CONFIG"))
+    path = path or environ.get("MODELFS_CONFIG") or DEFAULT_CONFIG
     if not os.path.exists(path):
         if explicit:
             raise ConfigError(f"config file {path} does not exist")
@@ -190,7 +190,7 @@ def merge(flags: dict[str, object], config_path: str | None,
           environ: dict[str, str] | None = None) -> dict[str, Value]:
     """Every setting's effective value and where it came from."""
     environ = os.environ if environ is None else environ
-    table, path = load_file(config_path)
+    table, path = load_file(config_path, environ)
     out: dict[str, Value] = {}
     for s in SETTINGS:
         raw, origin = s.default, "default"

@@ -1,0 +1,90 @@
+"""Settings precedence, config-file errors, the fstab option translation, systemd bits."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from fusefs.config import ConfigError, merge
+from fusefs.fs import systemd
+from fusefs.fs.fstab import HelperError, translate
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_flag_beats_env_beats_file_beats_default(tmp_path):
+    path = write(tmp_path, 'hub = "http://file:1"\nregion = "from-file"\nmemory = "1G"\n'
+                           'read_timeout = 12\n')
+    env = {"MODELFS_REGION": "from-env"}
+    got = merge({"region": "from-flag"}, path, env)
+    assert (got["region"].value, got["region"].origin) == ("from-flag", "flag")
+    got = merge({}, path, env)
+    assert (got["region"].value, got["region"].origin) == ("from-env", "env MODELFS_REGION")
+    assert (got["hub"].value, got["hub"].origin) == ("http://file:1", f"file {path}")
+    assert got["memory"].value == 1 << 30 and got["read_timeout"].value == 12.0
+    assert (got["log_format"].value, got["log_format"].origin) == ("text", "default")
+
+
+def test_modelscope_region_variables_are_honoured():
+    got = merge({}, None, {
+        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION": "cn-a",
+        "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS": "cn-b,cn-c"})
+    assert got["region"].value == "cn-a"
+    assert got["inter_regions"].value == ("cn-b", "cn-c")
+
+
+@pytest.mark.parametrize("text,words", [
+    ('hubb = "http://x:1"\n', "unknown key 'hubb'"),
+    ('memory = "lots"\n', "memory"),
+    ('region = "Bad Region"\n', "region"),
+    ('read_timeout = -1\n', "read_timeout"),
+    ('repos = ["noslash"]\n', "repos"),
+    ('hub = \n', "config file"),
+])
+def test_bad_config_names_the_key(tmp_path, text, words):
+    with pytest.raises(ConfigError) as e:
+        merge({}, write(tmp_path, text), {})
+    assert words in str(e.value)
+
+
+def test_missing_explicit_config_is_an_error(tmp_path):
+    with pytest.raises(ConfigError):
+        merge({}, str(tmp_path / "nope.toml"), {})
+
+
+def test_fstab_options_translate_to_a_mount_command():
+    args = translate("http://hub:8080", "/models",
+                     "repo=a/b,repo=c/d@v1,region=cn-a,inter_regions=cn-b:cn-c,_netdev,"
+                     "x-systemd.automount,allow_other,noauto")
+    assert args == ["mount", "/models", "--hub", "http://hub:8080", "--repo", "a/b",
+                    "--repo", "c/d@v1", "--region", "cn-a", "--inter-regions", "cn-b,cn-c",
+                    "--allow-other"]
+    with pytest.raises(HelperError):
+        translate("modelfs", "/m", "bogus=1")
+    with pytest.raises(HelperError):
+        translate("modelfs", "/m", "hub=")
+
+
+def test_notify_sends_to_a_real_datagram_socket(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert systemd.notify("READY=1")
+        assert sock.recv(100) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not systemd.notify("READY=1")
+
+
+def test_units_are_notify_type_with_unmount_on_stop():
+    unit = systemd.unit_text(False, "/data/models", "/etc/modelfs/x.toml")
+    assert "Type=notify" in unit and "Restart=on-failure" in unit
+    assert "mount /data/models --foreground --config /etc/modelfs/x.toml" in unit
+    assert "unmount /data/models" in unit
+    template = systemd.unit_text(True)
+    assert "mount %f --foreground --config /etc/modelfs/%i.toml" in template
