@@ -9,7 +9,7 @@ import pytest
 import trio
 from mounting import MiB, make_bytes, write_file
 
-from conftest import start_server
+from servers import start_server
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError

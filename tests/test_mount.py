@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
 
-from conftest import start_server
+from servers import start_server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import pytest
 from mounting import MiB, is_mounted, make_bytes, sha256_file, start_mount, write_file
 
-from conftest import start_server
+from servers import start_server
 
 SIZE = 32 * MiB + 5
 

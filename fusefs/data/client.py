@@ -9,6 +9,7 @@ This is also the library API for tools that read without a mount:
 
 from __future__ import annotations
 
+import weakref
 from contextlib import AsyncExitStack
 
 import grpc
@@ -41,6 +42,7 @@ class DataClient:
         self.read_limits = read_limits
         self.stream_limits = stream_limits
         self._channels: dict[tuple[str, bool], grpc.Channel] = {}
+        self._readers: weakref.WeakSet[FileReader] = weakref.WeakSet()
         self._stack = AsyncExitStack()
         self._http: httpx.AsyncClient | None = None
         self._nursery: trio.Nursery | None = None
@@ -76,9 +78,13 @@ class DataClient:
             target = parse_grpc_url(location)
             source = BidiStream(self.channel(target.endpoint, target.tls), target, size,
                                 self.stream_limits)
-        return FileReader(source, size, self.budget, self.read_limits, _waker(), name or location)
+        reader = FileReader(source, size, self.budget, self.read_limits, _waker(), name or location)
+        self._readers.add(reader)
+        return reader
 
     def close(self) -> None:
+        for reader in list(self._readers):
+            reader.close()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()

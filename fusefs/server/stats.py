@@ -1,0 +1,33 @@
+"""What the store has served, for tests, benchmarks and operators (`GET /admin/stats`)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.probes: Counter[str] = Counter()  # by region header ("" for none)
+            self.streams_opened: Counter[str] = Counter()
+            self.grpc_bytes: Counter[str] = Counter()
+            self.ranges: Counter[str] = Counter()
+            self.counts: Counter[str] = Counter()  # hub_requests, cdn_requests, cdn_bytes
+
+    def add(self, counter: str, key: str, n: int = 1) -> None:
+        with self._lock:
+            getattr(self, counter)[key] += n
+
+    def view(self, faults_injected: dict) -> dict:
+        with self._lock:
+            return {"probes": dict(self.probes), "streams_opened": dict(self.streams_opened),
+                    "grpc_bytes": dict(self.grpc_bytes), "ranges": dict(self.ranges),
+                    "hub_requests": self.counts["hub_requests"],
+                    "cdn_requests": self.counts["cdn_requests"],
+                    "cdn_bytes": self.counts["cdn_bytes"],
+                    "faults_injected": dict(faults_injected)}

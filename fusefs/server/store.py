@@ -1,0 +1,92 @@
+"""The store's content: ROOT/<owner>/<name>/<files…> as repos with commit ids.
+
+A repo's commit id is a hash over its sorted (path, size, sha256) entries, so it
+changes exactly when content changes. Digests are cached by (dev, ino, size,
+mtime_ns): an unchanged file is hashed once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+from fusefs.hub.client import RepoId, valid_repo_part
+
+HASH_BLOCK = 4 << 20
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str  # relative, '/'-separated
+    abspath: str
+    size: int
+    mtime: int  # unix seconds
+    generation: int  # changes whenever the file does (µs mtime, like GCS)
+    key: tuple  # (dev, ino, size, mtime_ns)
+
+
+@dataclass(frozen=True)
+class RepoState:
+    repo: RepoId
+    commit: str
+    files: dict[str, StoredFile]
+    digests: dict[str, str]  # path -> sha256
+
+
+class Store:
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self._digests: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+
+    def repo_path(self, repo: RepoId) -> str:
+        return os.path.join(self.root, repo.owner, repo.name)
+
+    def exists(self, repo: RepoId) -> bool:
+        return (valid_repo_part(repo.owner) and valid_repo_part(repo.name)
+                and os.path.isdir(self.repo_path(repo)))
+
+    def scan(self, repo: RepoId) -> dict[str, StoredFile]:
+        """The repo's regular files as they are now (hidden files and links skipped)."""
+        base = self.repo_path(repo)
+        out: dict[str, StoredFile] = {}
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and not os.path.islink(os.path.join(dirpath, d)))
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                rel = os.path.relpath(full, base).replace(os.sep, "/")
+                out[rel] = StoredFile(rel, full, st.st_size, int(st.st_mtime),
+                                      max(1, st.st_mtime_ns // 1000),
+                                      (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return out
+
+    def digest(self, f: StoredFile) -> str:
+        with self._lock:
+            known = self._digests.get(f.key)
+        if known is None:
+            h = hashlib.sha256()
+            with open(f.abspath, "rb") as fh:
+                while block := fh.read(HASH_BLOCK):
+                    h.update(block)
+            known = h.hexdigest()
+            with self._lock:
+                self._digests[f.key] = known
+        return known
+
+    def state(self, repo: RepoId) -> RepoState:
+        """Files, digests and commit id of the repo's current content (may hash: slow once)."""
+        files = self.scan(repo)
+        digests = {p: self.digest(f) for p, f in files.items()}
+        h = hashlib.sha1()
+        for path in sorted(files):
+            h.update(f"{path}\0{files[path].size}\0{digests[path]}\n".encode())
+        return RepoState(repo, h.hexdigest(), files, digests)
