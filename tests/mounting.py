@@ -54,6 +54,13 @@ class Mount:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_exit(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while _alive(self.pid):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mount process {self.pid} still alive after {timeout}s")
+            time.sleep(0.05)
+
     def unmount(self, timeout: float = 20) -> None:
         if is_mounted(self.path):
             modelfs("unmount", str(self.path))

@@ -151,6 +151,10 @@ class BidiStream:
     def open(self) -> bool:
         return self._active is not None
 
+    @property
+    def progress(self) -> int:
+        return self.counters.bytes
+
     # -- generations -----------------------------------------------------------
 
     def _start_locked(self) -> None:
@@ -242,18 +246,18 @@ class BidiStream:
             self._read_handle = response.read_handle.handle
         for data in response.object_data_ranges:
             read_id = data.read_range.read_id
+            checked = data.checksummed_data
+            content = checked.content
+            self.counters.bytes += len(content)  # liveness, even for data nobody waits on
             rr = self._pending.get(read_id)
             if rr is None:
                 continue  # finished or abandoned: trailing data is ignored
-            checked = data.checksummed_data
-            content = checked.content
             if not checked.HasField("crc32c"):
                 raise ProtocolError(f"{self.target.object}: chunk without CRC32C")
             if google_crc32c.value(content) != checked.crc32c:
                 raise ChecksumError(f"{self.target.object}: CRC32C mismatch at "
                                     f"{data.read_range.read_offset}")
             complete = rr.feed(data.read_range.read_offset, content)
-            self.counters.bytes += len(content)
             self._failures = 0
             if data.range_end and not complete:
                 raise ProtocolError(f"{self.target.object}: range {read_id} ended at "

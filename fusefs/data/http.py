@@ -33,6 +33,7 @@ class HttpRangeSource:
         self.limits = limits
         self.requests = 0
         self.retries = 0
+        self.progress = 0  # bytes received
         self._http = http
         self._nursery = nursery
         self._scopes: dict[RangeRead, trio.CancelScope] = {}
@@ -100,6 +101,7 @@ class HttpRangeSource:
                                      first, last, self.size)
                 pos = first
                 async for data in response.aiter_bytes():
+                    self.progress += len(data)
                     rr.feed(pos, data)  # ProtocolError on anything past what was asked
                     pos += len(data)
         except httpx.HTTPError as e:

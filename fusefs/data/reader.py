@@ -27,6 +27,7 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class ReadLimits:
     deadline: float = 30.0  # a read not served by then fails (EIO at the mount)
+    stalled_deadline: float = 1.0  # while the source has sent nothing since a deadline passed
     range_unit: int = 8 * MiB  # largest single range; prefetch is aligned to it
     prefetch_initial: int = 4 * MiB
     prefetch_max: int = 64 * MiB
@@ -34,6 +35,10 @@ class ReadLimits:
 
 class RangeSource(Protocol):
     """Where a file's ranges are fetched from."""
+
+    @property
+    def progress(self) -> int:
+        """Bytes received so far: any change means the source is alive."""
 
     def submit(self, ranges: list[RangeRead]) -> None: ...
     def abandon(self, rr: RangeRead) -> None: ...
@@ -56,6 +61,7 @@ class FileReader:
         self._wake = wake
         self._map = RangeMap()
         self._tracker = SequentialTracker(limits.prefetch_initial, limits.prefetch_max)
+        self._stalled_at: int | None = None  # source.progress when a deadline last passed
 
     async def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
@@ -69,15 +75,24 @@ class FileReader:
             ahead_end = min(-(-ahead_end // unit) * unit, self.size)
             self._request(max(ahead_start, end), ahead_end, force=False)
         covering = self._map.overlapping(offset, end)
+        deadline = self._limits.deadline
+        if self._stalled_at is not None:
+            if self.source.progress != self._stalled_at:
+                self._stalled_at = None  # it came back
+            else:
+                # The kernel retries a failed readahead page by page; without this each
+                # retry would wait out a full deadline on a source known to be stuck.
+                deadline = min(deadline, self._limits.stalled_deadline)
         try:
-            with trio.fail_after(self._limits.deadline):
+            with trio.fail_after(deadline):
                 for rr in covering:
                     await rr.wait_until(end)
         except trio.TooSlowError:
             self._give_up(covering)
+            self._stalled_at = self.source.progress
             raise DeadlineError(
                 f"{self.name}: {end - offset} bytes at {offset} not served within "
-                f"{self._limits.deadline:g}s") from None
+                f"{deadline:g}s") from None
         except DataError:
             self._give_up(covering)
             raise

@@ -39,7 +39,7 @@ def effective_settings(config: str | None, flags: dict) -> dict[str, Value]:
     try:
         return merge(flags, config)
     except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
 
 
 def read_token(values: dict[str, Value]) -> str | None:
@@ -49,7 +49,7 @@ def read_token(values: dict[str, Value]) -> str | None:
             with open(path) as f:
                 return f.read().strip() or None
         except OSError as e:
-            raise click.UsageError(f"token file {path}: {e.strerror}") from None
+            raise click.ClickException(f"token file {path}: {e.strerror}") from None
     return os.environ.get("MODELSCOPE_API_TOKEN") or None
 
 
@@ -72,7 +72,7 @@ def mount(mountpoint, config, foreground, log_file, **flags):
     """
     values = effective_settings(config, flags)
     if values["hub"].value is None:
-        raise click.UsageError("no hub: give --hub URL, MODELFS_HUB, or hub = \"URL\" in the config file")
+        raise click.ClickException("no hub: give --hub URL, MODELFS_HUB, or hub = \"URL\" in the config file")
     token = read_token(values)
     settings = MountSettings(
         mountpoint=mountpoint,

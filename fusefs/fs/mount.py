@@ -92,7 +92,15 @@ def raise_read_ahead(path: str, kb: int) -> None:
 def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve the mount until unmounted or signalled; MountError if it cannot start."""
     mountpoint = check_mountpoint(settings.mountpoint)
-    trio.run(_serve, settings, mountpoint, on_ready)
+    try:
+        trio.run(_serve, settings, mountpoint, on_ready)
+    except BaseExceptionGroup as group:
+        # Nurseries wrap what they raise; a MountError is still one line for a person.
+        if (errors := group.subgroup(MountError)) is not None:
+            while isinstance(errors, BaseExceptionGroup):
+                errors = errors.exceptions[0]
+            raise errors from None
+        raise
 
 
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:

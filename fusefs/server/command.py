@@ -88,9 +88,9 @@ def serve(root, http_addr, grpc_addr, region, topology, client_region, faults, l
                 raise TopologyError(f"--region: bad region name {region!r}")
             regions = [Region(region, grpc_addr, ("*/*",))]
     except TopologyError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.ClickException(str(e)) from None
     if client_region is not None and not valid_region(client_region):
-        raise click.UsageError(f"--client-region: bad region name {client_region!r}")
+        raise click.ClickException(f"--client-region: bad region name {client_region!r}")
     store = Store(root)
     stats = Stats()
     plan = FaultPlan() if faults else None
