@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fusefs import __version__
+from fusefs.data.memory import tune_malloc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +19,7 @@ def main() -> None:
       modelfs mount /models --hub http://127.0.0.1:8080 --repo Qwen/Qwen3-8B
       modelfs unmount /models
     """
+    tune_malloc()  # every subcommand moves MiB-sized buffers
 
 
 from fusefs.server.command import serve  # noqa: E402

@@ -77,6 +77,7 @@ class ModelFS(pyfuse3.Operations):
         self.settings_view = settings_view or {}
         self.started = time.monotonic()
         self.errors: Counter[str] = Counter()
+        self.read_sizes: Counter[int] = Counter()
         self.registry = CollectorRegistry()
         self.timings = ReadTimings(self.registry)
         self.files: dict[int, OpenFile] = {}  # by inode
@@ -223,12 +224,13 @@ class ModelFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         with self.timings.read.time():
             data = await self._read(opened, off, size)
+        self.read_sizes[len(data)] += 1
         if opened.opened_at:
             self.timings.first_byte.observe(time.monotonic() - opened.opened_at)
             opened.opened_at = 0.0
         return data
 
-    async def _read(self, opened: OpenFile, off: int, size: int) -> bytes:
+    async def _read(self, opened: OpenFile, off: int, size: int) -> bytes | memoryview:
         reader = opened.reader
         try:
             return await reader.read(off, size)

@@ -64,6 +64,7 @@ def snapshot(fs) -> dict:
         "memory": {"in_use": fs.data.budget.in_use, "limit": fs.data.budget.limit,
                    "evictions": fs.data.budget.evictions},
         "errors": dict(fs.errors),
+        "read_sizes": dict(fs.read_sizes.most_common(5)),
         "files": files[:MAX_FILES_LISTED],
         "files_not_listed": max(0, len(files) - MAX_FILES_LISTED),
     }

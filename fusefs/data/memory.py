@@ -1,0 +1,30 @@
+"""Process-wide allocator tuning for a data path that churns through MiB-sized buffers.
+
+glibc serves allocations above its mmap threshold with fresh mappings, and gives
+freed heap back to the kernel past its trim threshold; either way the next 2 MiB
+chunk page-faults on every 4 KiB page, which costs more than copying it. Raising
+both keeps chunk-sized buffers on the heap and reused (measured: allocating and
+copying a 2 MiB chunk twice drops from ~2.8 ms to ~0.14 ms).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # above the 2 MiB chunks and 8 MiB ranges
+TRIM_THRESHOLD = 128 << 20  # freed memory kept for reuse before it is returned
+
+
+def tune_malloc() -> bool:
+    """Apply the thresholds; False where the C library has no mallopt (not glibc)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
