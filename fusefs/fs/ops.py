@@ -269,9 +269,8 @@ class ModelFS(pyfuse3.Operations):
             except (HubError, DataError, ValueError) as e:
                 log.warning("%s: no other source after %s: %s", failed.name, error, e)
                 return False
-            log.warning("%s: %s via %s %s failed (%s); now %s via %s %s", failed.name,
-                        res.marker, res.source, res.region, error, new.marker, new.source,
-                        new.region)
+            log.warning("%s: %s failed (%s); now %s", failed.name, _describe(res), error,
+                        _describe(new))
             failed.close()
             opened.resolution, opened.reader = new, reader
             return True
@@ -318,3 +317,8 @@ class ModelFS(pyfuse3.Operations):
         for opened in self.files.values():
             opened.reader.close()
         self.files.clear()
+
+
+def _describe(res: Resolution) -> str:
+    marker = f"{res.marker} " if res.marker.strip() else ""
+    return f"{marker}via {res.source}" + (f" {res.region}" if res.region else "")

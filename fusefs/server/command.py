@@ -100,6 +100,15 @@ def serve(root, http_addr, grpc_addr, region, topology, client_region, faults, l
             server, addrs[r.name] = start_grpc(r, store, stats, plan)
             servers.append(server)
         app = HubApp(store, regions, addrs, stats, plan, client_region)
+        by_region = dict(zip(addrs, servers))
+
+        def stop_listener(name: str) -> bool:
+            server = by_region.get(name)
+            if server is not None:
+                server.stop(grace=0)
+            return server is not None
+
+        app.stop_listener = stop_listener
         trio.run(_serve_http, app, http_host, http_port, bool(topology))
     finally:
         for server in servers:

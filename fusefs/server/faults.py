@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-KINDS = {"break", "delay", "unavailable", "redirect", "corrupt", "hub_error"}
+KINDS = {"break", "delay", "unavailable", "redirect", "corrupt", "hub_error", "cdn_forbidden"}
 
 
 @dataclass

@@ -76,6 +76,7 @@ class HubApp:
         self.faults = faults
         self.client_region = client_region
         self.base = ""  # http://HOST:PORT, set once listening
+        self.stop_listener = lambda region: False  # set by the command: stops one region's gRPC
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -175,6 +176,8 @@ class HubApp:
         f = state.files.get(path)
         if commit != state.commit or f is None:
             return error(404, "no such file at that commit")
+        if self.faults and self.faults.take("cdn_forbidden"):
+            return error(403, "injected: URL expired")
         size = f.size
         headers = {"etag": f'"{state.digests[path]}"', "accept-ranges": "bytes",
                    "content-type": "application/octet-stream"}
@@ -225,7 +228,12 @@ class HubApp:
                 return Reply(200, b"{}")
             if req.method == "POST":
                 try:
-                    self.faults.add(json.loads(req.body))
+                    spec = json.loads(req.body)
+                    if spec.get("kind") == "stop_listener":  # a region's data plane dies
+                        if not self.stop_listener(spec.get("region")):
+                            return error(404, f"no region {spec.get('region')!r}")
+                        return Reply(200, b"{}")
+                    self.faults.add(spec)
                 except (ValueError, AttributeError) as e:
                     return error(400, str(e))
                 return Reply(200, b"{}")
