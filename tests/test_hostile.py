@@ -1,0 +1,168 @@
+"""Hostile hub answers: refused with a log line, the mount stays up, no wrong byte is served.
+
+The hostile hub is a real HTTP server on loopback that answers what each test
+scripts; where a data path is needed it hands out this test's own CDN route.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from mounting import is_mounted, make_bytes, modelfs, start_mount
+
+COMMIT = "c" * 40
+CONTENT = make_bytes(300_000, seed=5)
+
+
+class HostileHub:
+    def __init__(self):
+        self.files: list[dict] = []
+        self.listing_body: bytes | None = None  # overrides the JSON listing
+        self.location: str | None = None  # overrides the probe's Location
+        self.cdn_extra = b""  # bytes appended past what a Range asked for
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                if url.path.endswith("/revisions"):
+                    body = {"Code": 200, "Data": {"RevisionMap": {"Branches": [
+                        {"Revision": "master", "CommitId": COMMIT}], "Tags": []}}}
+                    return self._send(200, json.dumps(body).encode())
+                if url.path.endswith("/repo/files"):
+                    body = hub.listing_body or json.dumps(
+                        {"Code": 200, "Data": {"Files": hub.files}}).encode()
+                    return self._send(200, body)
+                if url.path.endswith("/repo"):
+                    loc = hub.location or f"{hub.url}/cdn/{q.get('FilePath')}"
+                    return self._send(302, headers=[("Location", loc)])
+                if url.path.startswith("/cdn/"):
+                    first, last = map(int, self.headers["Range"][6:].split("-"))
+                    body = CONTENT[first:last + 1] + hub.cdn_extra
+                    return self._send(206, body, [
+                        ("Content-Range", f"bytes {first}-{last}/{len(CONTENT)}")])
+                return self._send(404, b"{}")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub():
+    h = HostileHub()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def mounted(hub, tmp_path):
+    mounts = []
+
+    def make():
+        m = start_mount(tmp_path / f"m{len(mounts)}", hub.url, "--repo", "evil/repo",
+                        "--region", "r1", "--read-timeout", "5")
+        mounts.append(m)
+        return m
+
+    yield make
+    for m in mounts:
+        m.unmount()
+        assert not is_mounted(m.path)
+
+
+def blob(path, size=len(CONTENT)):
+    return {"Path": path, "Name": path.rsplit("/", 1)[-1], "Size": size, "Type": "blob"}
+
+
+def test_bad_names_sizes_and_clashes_are_skipped_with_a_log_line(hub, mounted):
+    hub.files = [blob("good.bin"), blob("dir/inner.bin"), blob("../escape"), blob("/etc/passwd"),
+                 blob("a//b"), blob("nul\u0000x"), blob(""), blob("good.bin"), blob("dir"),
+                 blob("neg", -5), blob("huge", 1 << 62), {"Path": 7}, "junk"]
+    m = mounted()
+    repo = m.path / "evil" / "repo"
+    assert sorted(os.listdir(repo)) == ["dir", "good.bin"]
+    assert os.listdir(repo / "dir") == ["inner.bin"]
+    assert (repo / "good.bin").read_bytes() == CONTENT
+    log = m.log_text()
+    for words in ["'..'", "absolute path", "empty name", "NUL", "duplicate", "a directory of that name",
+                  "bad size", "not an object"]:
+        assert words in log, words
+
+
+def test_malformed_listing_fails_the_mount_with_one_line(hub, tmp_path):
+    hub.listing_body = b'{"Code": 200, "Data": {"Files": [tru'
+    mp = tmp_path / "m"
+    mp.mkdir()
+    result = modelfs("mount", str(mp), "--hub", hub.url, "--repo", "evil/repo", "--region", "r1")
+    assert result.returncode != 0
+    assert "malformed JSON" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not is_mounted(mp)
+
+
+def test_listing_that_lies_about_size_is_never_served(hub, mounted):
+    hub.files = [blob("short.bin", len(CONTENT) + 10)]  # the data path has fewer bytes
+    m = mounted()
+    with pytest.raises(OSError) as e:
+        (m.path / "evil" / "repo" / "short.bin").read_bytes()
+    assert e.value.errno == errno.EIO
+    assert "Content-Range" in m.log_text()
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://x/y", "gopher://h/1"])
+def test_location_with_a_foreign_scheme_is_refused(hub, mounted, location):
+    hub.files = [blob("f.bin")]
+    hub.location = location
+    m = mounted()
+    with pytest.raises(OSError) as e:
+        open(m.path / "evil" / "repo" / "f.bin", "rb")
+    assert e.value.errno == errno.EIO
+    assert "refusing Location" in m.log_text()
+    assert os.listdir(m.path / "evil" / "repo") == ["f.bin"]  # the mount is still up
+
+
+def test_redirect_loop_is_an_error_not_a_hang(hub, mounted):
+    hub.files = [blob("f.bin")]
+    m = mounted()
+    # every data URL redirects back to the probe URL, forever
+    hub.location = f"{hub.url}/api/v1/models/evil/repo/repo?Revision={COMMIT}&FilePath=f.bin"
+    with pytest.raises(OSError) as e:
+        (m.path / "evil" / "repo" / "f.bin").read_bytes()
+    assert e.value.errno == errno.EIO
+
+
+def test_data_past_what_was_asked_is_refused(hub, mounted):
+    hub.files = [blob("f.bin")]
+    hub.cdn_extra = b"EXTRA BYTES"
+    m = mounted()
+    with pytest.raises(OSError) as e:
+        (m.path / "evil" / "repo" / "f.bin").read_bytes()
+    assert e.value.errno == errno.EIO
+    assert "runs past range end" in m.log_text()
