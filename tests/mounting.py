@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -50,6 +51,9 @@ class Mount:
     path: Path
     pid: int
     log: Path
+
+    def status(self) -> dict:
+        return json.loads(os.getxattr(self.path, "user.modelfs.status"))
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

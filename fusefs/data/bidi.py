@@ -49,7 +49,7 @@ _GONE_CODES = {
 class StreamLimits:
     """How hard a stream tries before its pending reads fail."""
 
-    max_attempts: int = 5  # consecutive reopens without receiving a byte
+    max_attempts: int = 8  # consecutive reopens without receiving a byte
     retry_window: float = 20.0  # seconds from the first of those breaks
     backoff_initial: float = 0.05
     backoff_max: float = 2.0

@@ -53,7 +53,7 @@ class MemoryBudget:
         for rr in self._lru:
             if self.in_use - freed + need <= self.limit:
                 break
-            if rr.settled:  # a range still arriving has a reader waiting on it
+            if rr.settled and not rr.pins:  # else a reader is waiting on it or reading it
                 victims.append(rr)
                 freed += rr.length
         fits = self.in_use - freed + need <= self.limit

@@ -28,7 +28,7 @@ class RangeRead:
 
     __slots__ = (
         "offset", "length", "_chunks", "_starts", "_received", "_error",
-        "_waiters", "_lock", "_wake", "last_used",
+        "_waiters", "_lock", "_wake", "pins",
     )
 
     def __init__(self, offset: int, length: int, wake: Callable[[Callable[[], None]], None]):
@@ -43,7 +43,7 @@ class RangeRead:
         self._waiters: list[tuple[int, trio.Event]] = []
         self._lock = threading.Lock()
         self._wake = wake
-        self.last_used = 0.0
+        self.pins = 0  # reads assembling from this range right now: never evict it
 
     @property
     def end(self) -> int:

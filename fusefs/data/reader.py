@@ -68,13 +68,32 @@ class FileReader:
         if offset >= end:
             return b""
         ahead_start, ahead_end = self._tracker.observe(offset, end - offset)
-        self._request(offset, end, force=True)
-        if ahead_end > ahead_start:
-            unit = self._limits.range_unit
-            # Whole aligned units only: many tiny prefetch ranges cost more than they save.
-            ahead_end = min(-(-ahead_end // unit) * unit, self.size)
-            self._request(max(ahead_start, end), ahead_end, force=False)
+        # Pin what this read assembles from before anything is charged: charging a
+        # new range may evict settled ones, and these must stay until we are done.
         covering = self._map.overlapping(offset, end)
+        for rr in covering:
+            rr.pins += 1
+        try:
+            covering += self._request(offset, end, force=True, pin=True)
+            covering.sort(key=lambda rr: rr.offset)
+            if ahead_end > ahead_start:
+                unit = self._limits.range_unit
+                # Whole aligned units only: many tiny prefetch ranges cost more than they save.
+                ahead_end = min(-(-ahead_end // unit) * unit, self.size)
+                self._request(max(ahead_start, end), ahead_end, force=False, pin=False)
+            return await self._assemble(covering, offset, end)
+        finally:
+            for rr in covering:
+                rr.pins -= 1
+
+    async def _assemble(self, covering: list[RangeRead], offset: int, end: int):
+        pos = offset
+        for rr in covering:
+            if rr.offset > pos:  # cannot happen; if it did, refuse rather than misplace bytes
+                raise DataError(f"{self.name}: no range covers [{pos}, {rr.offset})")
+            pos = max(pos, rr.end)
+        if pos < end:
+            raise DataError(f"{self.name}: no range covers [{pos}, {end})")
         deadline = self._limits.deadline
         if self._stalled_at is not None:
             if self.source.progress != self._stalled_at:
@@ -114,17 +133,20 @@ class FileReader:
     def buffered(self) -> int:
         return sum(rr.length for rr in self._map)
 
-    def _request(self, start: int, end: int, *, force: bool) -> None:
+    def _request(self, start: int, end: int, *, force: bool, pin: bool) -> list[RangeRead]:
+        """New ranges for the gaps in [start, end), submitted as one batch."""
         batch = []
         for gap in self._map.gaps(start, end):
             for piece in aligned_pieces(gap, self._limits.range_unit):
                 rr = RangeRead(piece.start, piece.end - piece.start, self._wake)
+                rr.pins = int(pin)
                 if not self._budget.charge(rr, self._map.remove, force=force):
                     break
                 self._map.add(rr)
                 batch.append(rr)
         if batch:
             self.source.submit(batch)
+        return batch
 
     def _give_up(self, ranges: list[RangeRead]) -> None:
         """Forget unfinished or failed ranges so the next read asks again."""

@@ -163,7 +163,12 @@ def unmount(mountpoint, lazy):
 
 @click.group()
 def config():
-    """Inspect settings."""
+    """Inspect settings.
+
+    \b
+    Example:
+      modelfs config show --config /etc/modelfs/config.toml
+    """
 
 
 @config.command("show")
@@ -205,8 +210,8 @@ def status(mountpoint, as_json):
     click.echo(f"hub      {state['settings'].get('hub')}")
     click.echo(f"region   {state['region'] or '-'}   peers: {', '.join(state['peers']) or '-'}")
     click.echo(f"repos    {', '.join(state['repos']) or '-'}")
-    click.echo(f"read     " + ", ".join(f"{_human(n)} {src}" for src, n in state["bytes_read"].items())
-               or "read     nothing yet")
+    click.echo("read     " + (", ".join(f"{_human(n)} {src}" for src, n in state["bytes_read"].items())
+                              or "nothing yet"))
     click.echo(f"memory   {_human(mem['in_use'])} of {_human(mem['limit'])} "
                f"({mem['evictions']} evictions)")
     click.echo(f"streams  {state['stream_reopens']} reopens   probes: "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import sys
+
+log = logging.getLogger(__name__)
 
 UNIT = """\
 [Unit]
@@ -44,7 +47,13 @@ def notify(state: str) -> bool:
         return False
     if path.startswith("@"):
         path = "\0" + path[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(path)
-        sock.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(path)
+            sock.sendall(state.encode())
+    except OSError as e:
+        # Like sd_notify(3): a supervisor that is gone must not take the mount down.
+        log.warning("could not notify %s (%s): %s", path.lstrip("\0"), state.split("\n")[0],
+                    e.strerror or e)
+        return False
     return True

@@ -190,11 +190,13 @@ class BidiReadService(storage_pb2_grpc.StorageServicer):
                                    generation=f.generation, metageneration=1, size=f.size),
                 read_handle=pb.BidiReadHandle(handle=f"{f.path}@{f.generation}".encode()))
             sent = 0
-            breaking = self._fault("break")
+            breaking, broken_from = None, 0
             while (rng := ranges.next()) is not None:
                 n = min(self.chunk_size, rng.end - rng.offset)
+                if breaking is None and (breaking := self._fault("break")) is not None:
+                    broken_from = sent  # a break hits live streams too, counted from now
                 if breaking is not None:
-                    allowance = int(breaking.params.get("after_bytes", 0)) - sent
+                    allowance = int(breaking.params.get("after_bytes", 0)) - (sent - broken_from)
                     if allowance <= 0:
                         raise _Abort(grpc.StatusCode.UNAVAILABLE, "injected: stream broken")
                     n = min(n, allowance)
