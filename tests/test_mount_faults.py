@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 import time
 
 import pytest
-from mounting import MiB, is_mounted, make_bytes, sha256_file, start_mount, write_file
+from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
 
 from servers import start_server
 
@@ -72,3 +73,60 @@ def test_stopped_store_gives_eio_within_deadline_and_recovers(setup):
         src.seek(20 * MiB)
         assert os.pread(fd, MiB, 20 * MiB) == src.read(MiB)
     os.close(fd)
+
+
+def _d_state_tasks(pids) -> list[str]:
+    stuck = []
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] == "D":
+                stuck.append(f"{pid}/{tid}")
+    return stuck
+
+
+def test_unmount_while_reads_are_blocked_on_a_stopped_store(tmp_path):
+    root = tmp_path / "store"
+    write_file(root / "acme" / "stuck" / "f.bin", make_bytes(SIZE, seed=7))
+    server = start_server(root)
+    m = start_mount(tmp_path / "mnt", server.hub, "--repo", "acme/stuck", "--region", "local",
+                    "--read-timeout", "6")
+    results = []
+    try:
+        fd = os.open(m.path / "acme" / "stuck" / "f.bin", os.O_RDONLY)
+        assert len(os.pread(fd, 4096, 0)) == 4096
+        os.kill(server.pid, signal.SIGSTOP)
+
+        def blocked_read(off):
+            start = time.monotonic()
+            try:
+                os.pread(fd, MiB, off)
+                results.append(("ok", time.monotonic() - start))
+            except OSError as e:
+                results.append((e.errno, time.monotonic() - start))
+
+        threads = [threading.Thread(target=blocked_read, args=(o * MiB,)) for o in (12, 20, 28)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # the reads are now waiting on the stopped store
+        result = modelfs("unmount", str(m.path))
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(m.path)
+        for t in threads:
+            t.join(timeout=20)
+        assert not any(t.is_alive() for t in threads)
+        assert all(r[0] != "ok" and r[1] < 6 + 6 for r in results), results
+        assert not _d_state_tasks([os.getpid(), m.pid])
+        os.close(fd)
+        m.wait_exit(timeout=20)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        m.unmount()
+        server.stop()

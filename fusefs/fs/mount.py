@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,8 +57,13 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"{path} is already a mountpoint")
     if os.listdir(path):
         raise MountError(f"mountpoint {path} is not empty")
-    if not os.path.exists("/dev/fuse"):
-        raise MountError("/dev/fuse is missing: load the fuse module or run with --device /dev/fuse")
+    try:
+        is_fuse = stat.S_ISCHR(os.stat("/dev/fuse").st_mode)
+    except OSError:
+        is_fuse = False
+    if not is_fuse:
+        raise MountError("/dev/fuse is missing or not the FUSE device: load the fuse module "
+                         "(containers: --device /dev/fuse)")
     return path
 
 

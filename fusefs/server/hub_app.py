@@ -113,6 +113,8 @@ class HubApp:
         path = req.path
         if path.startswith("/admin/"):
             return self.admin(req)
+        if "authorization" in req.headers:  # lets tests see where credentials went
+            self.stats.add("counts", "auth_cdn" if path.startswith("/cdn/") else "auth_api")
         if path.startswith("/api/"):
             self.stats.add("counts", "hub_requests")
             if self.faults and (f := self.faults.take("hub_error")):

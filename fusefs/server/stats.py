@@ -30,4 +30,6 @@ class Stats:
                     "hub_requests": self.counts["hub_requests"],
                     "cdn_requests": self.counts["cdn_requests"],
                     "cdn_bytes": self.counts["cdn_bytes"],
+                    "requests_with_credentials": {"api": self.counts["auth_api"],
+                                                  "cdn": self.counts["auth_cdn"]},
                     "faults_injected": dict(faults_injected)}
