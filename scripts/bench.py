@@ -4,7 +4,8 @@ Workloads (each against the same `modelfs serve` on loopback):
   cold_seq      1 GiB read sequentially in 1 MiB blocks: mount vs raw client library
   random        pread 4 KiB and 1 MiB from 4 threads through the mount (IOPS, MB/s, p50/p99)
   warm          re-read of the same file after close/reopen (page cache kept) vs local disk
-  ttfb          open + first byte of cold files (p50/p95)
+  ttfb          open + first byte of cold files (p50/p95), with 0 peers and with 3 peers
+                (mount in a region holding nothing; the third peer holds the repo)
 Writes a JSON report (--out) and prints a table.
 """
 
@@ -37,6 +38,22 @@ MiB = 1 << 20
 REPO = RepoId("bench", "model")
 
 
+TOPOLOGY = """
+[regions.home]
+grpc = "127.0.0.1:0"
+repos = ["bench/*"]
+[regions.p1]
+grpc = "127.0.0.1:0"
+repos = ["none/*"]
+[regions.p2]
+grpc = "127.0.0.1:0"
+repos = ["none/*"]
+[regions.p3]
+grpc = "127.0.0.1:0"
+repos = ["bench/*"]
+"""
+
+
 def make_store(root: Path, big: int, small_count: int) -> None:
     repo = root / "bench" / "model"
     repo.mkdir(parents=True)
@@ -49,6 +66,8 @@ def make_store(root: Path, big: int, small_count: int) -> None:
             left -= n
     for i in range(small_count):
         (repo / f"small-{i:03d}.bin").write_bytes(rng.bytes(MiB))
+    with open(repo / "random.bin", "wb") as f:  # its own file, so random reads start cold
+        f.write(rng.bytes(256 * MiB))
 
 
 def drop_page_cache(path: Path) -> None:
@@ -71,7 +90,7 @@ def read_sequential(path: Path, block: int = MiB) -> tuple[int, float]:
 async def raw_client_sequential(hub: str, path: str, size: int, block: int = MiB) -> float:
     async with HubClient(hub) as client:
         snap = await client.snapshot(REPO)
-        answer = await client.ask_location(REPO, snap.commit, path, "local")
+        answer = await client.ask_location(REPO, snap.commit, path, "home")
     async with DataClient() as data:
         reader = data.open_reader(answer.location, size)
         t = time.perf_counter()
@@ -115,6 +134,7 @@ def random_preads(path: Path, size: int, block: int, threads: int, seconds: floa
 
 
 def ttfb(paths: list[Path]) -> dict:
+    """Open + first byte of each (cold) file, one after another."""
     samples = []
     for p in paths:
         t = time.perf_counter()
@@ -140,16 +160,18 @@ def main() -> int:
         store = work / "store"
         make_store(store, size, small_count=40)
         local = store / "bench" / "model" / "big.bin"
-        server = start_server(store)
+        topology = work / "topology.toml"
+        topology.write_text(TOPOLOGY)
+        server = start_server(store, "--topology", str(topology))
         try:
             # raw client library, no FUSE
             raw_t = trio.run(raw_client_sequential, server.hub, "big.bin", size)
             report["raw_client_seq_mb_s"] = size / raw_t / 1e6
             # cold through a fresh mount
-            mp = work / "mnt"
-            m = start_mount(mp, server.hub, "--repo", "bench/model", "--region", "local")
+            m = start_mount(work / "mnt", server.hub, "--repo", "bench/model", "--region", "home")
             try:
-                big = mp / "bench" / "model" / "big.bin"
+                model = m.path / "bench" / "model"
+                big = model / "big.bin"
                 n, t = read_sequential(big)
                 assert n == size
                 report["mount_cold_seq_mb_s"] = size / t / 1e6
@@ -158,12 +180,22 @@ def main() -> int:
                 read_sequential(local)  # local file in page cache: the best a disk cache can do
                 n, t = read_sequential(local)
                 report["local_warm_seq_mb_s"] = size / t / 1e6
-                report["ttfb"] = ttfb(sorted((mp / "bench" / "model").glob("small-*.bin")))
-                report["random"] = [random_preads(big, size, b, 4, args.seconds)
-                                    for b in (4096, MiB)]
+                report["ttfb_0_peers"] = ttfb(sorted(model.glob("small-*.bin"))[:20])
+                rnd = model / "random.bin"
+                report["random"] = []
+                for block in (4096, MiB):
+                    drop_page_cache(rnd)
+                    report["random"].append(random_preads(rnd, 256 * MiB, block, 4, args.seconds))
                 with open(f"/proc/{m.pid}/status") as f:
                     report["mount_vm_hwm_mib"] = next(
                         int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
+            finally:
+                m.unmount()
+            m = start_mount(work / "mnt3", server.hub, "--repo", "bench/model", "--region",
+                            "away", "--inter-regions", "p1,p2,p3")
+            try:
+                report["ttfb_3_peers"] = ttfb(sorted((m.path / "bench" / "model").glob(
+                    "small-*.bin"))[20:])
             finally:
                 m.unmount()
         finally:
@@ -185,8 +217,10 @@ def main() -> int:
         print(f"{label:38} "
               f"{r['iops']:10.0f} IOPS {r['mb_s']:8.0f} MB/s p50 {r['p50_ms']:.2f} ms "
               f"p99 {r['p99_ms']:.2f} ms")
-    print(f"{'open + first byte, cold':38} p50 {report['ttfb']['p50_ms']:.2f} ms "
-          f"p95 {report['ttfb']['p95_ms']:.2f} ms")
+    for peers in (0, 3):
+        r = report[f"ttfb_{peers}_peers"]
+        print(f"{f'open + first byte, cold, {peers} peers':38} p50 {r['p50_ms']:.2f} ms "
+              f"p95 {r['p95_ms']:.2f} ms")
     print(f"{'mount peak RSS':38} {report['mount_vm_hwm_mib']:10.0f} MiB")
     print(f"report: {out}")
     return 0

@@ -40,6 +40,7 @@ def store(tmp_path_factory):
     (wide / "many").mkdir(parents=True)
     for i in range(3000):
         (wide / "many" / f"f{i:05d}.txt").write_bytes(f"{i}\n".encode())
+    (wide / "zzz-last.txt").write_bytes(b"last\n")  # sorts past a 3000-entry cut
     handle = start_server(root)
     yield root, handle
     handle.stop()
@@ -272,3 +273,20 @@ def test_stopping_while_readers_are_active_leaves_no_mount(store, tmp_path, how)
     if how == "sigterm":
         assert outcomes and all(o in (0, errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
                                 for o in outcomes), outcomes
+
+
+def test_a_listing_cut_short_by_the_hub_is_walked_by_subtree(store, tmp_path):
+    import httpx
+    root, server = store  # acme/wide has 3000 files in one directory plus the directory
+    listing = httpx.get(f"{server.hub}/api/v1/models/acme/wide/repo/files",
+                        params={"Recursive": "true"}).json()["Data"]["Files"]
+    assert len(listing) == 3000  # the hub cut it short
+    assert "zzz-last.txt" not in {e["Path"] for e in listing}
+    m = start_mount(tmp_path / "m", server.hub, "--repo", "acme/wide", "--region", "local")
+    try:
+        names = os.listdir(m.path / "acme" / "wide" / "many")
+        assert len(names) == 3000
+        assert (m.path / "acme" / "wide" / "many" / "f02999.txt").read_bytes() == b"2999\n"
+        assert (m.path / "acme" / "wide" / "zzz-last.txt").read_bytes() == b"last\n"
+    finally:
+        m.unmount()

@@ -6,6 +6,7 @@ so the read path pays nothing for them except the latency histograms.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 STATUS_XATTR = b"user.modelfs.status"
-MAX_FILES_LISTED = 200  # keeps the JSON under the 64 KiB xattr limit
+STATUS_MAX_BYTES = 60_000  # the JSON must fit one xattr value (64 KiB at most)
 
 
 class ReadTimings:
@@ -31,7 +32,7 @@ class ReadTimings:
 def snapshot(fs) -> dict:
     """The mount's state as plain data (fs is a ModelFS)."""
     files = []
-    for opened in fs.files.values():
+    for opened in list(fs.files.values()):  # a copy: the metrics thread reads it too
         src = opened.reader.source
         counters = getattr(src, "counters", None)
         files.append({
@@ -50,7 +51,7 @@ def snapshot(fs) -> dict:
     by_source: Counter[str] = Counter()
     for f in files:
         by_source[f["source"]] += f["bytes_read"]
-    return {
+    state = {
         "mountpoint": fs.settings_view.get("mountpoint"),
         "settings": fs.settings_view,
         "uptime_seconds": round(time.monotonic() - fs.started, 1),
@@ -59,15 +60,25 @@ def snapshot(fs) -> dict:
         "repos": [f"{s.repo}@{s.revision} ({s.commit[:12]})" for s in fs.tree.snapshots()],
         "files_open": len(files),
         "bytes_read": dict(by_source),
+        "stream_opens": sum(f["stream_opens"] for f in files),
         "stream_reopens": sum(f["stream_reopens"] for f in files),
         "probes": dict(fs.resolver.probes),
         "memory": {"in_use": fs.data.budget.in_use, "limit": fs.data.budget.limit,
                    "evictions": fs.data.budget.evictions},
         "errors": dict(fs.errors),
         "read_sizes": dict(fs.read_sizes.most_common(5)),
-        "files": files[:MAX_FILES_LISTED],
-        "files_not_listed": max(0, len(files) - MAX_FILES_LISTED),
+        "files": [],
+        "files_not_listed": len(files),
     }
+    # List files in path order while the whole JSON still fits one xattr value.
+    room = STATUS_MAX_BYTES - len(json.dumps(state, ensure_ascii=False).encode())
+    for f in files:
+        room -= len(json.dumps(f, ensure_ascii=False).encode()) + 2
+        if room < 0:
+            break
+        state["files"].append(f)
+    state["files_not_listed"] = len(files) - len(state["files"])
+    return state
 
 
 class _Collector:
@@ -86,8 +97,8 @@ class _Collector:
         for outcome, n in state["probes"].items():
             probes.add_metric([outcome], n)
         yield probes
-        opens = sum(f["stream_opens"] for f in state["files"])
-        yield CounterMetricFamily("modelfs_stream_opens", "Data streams opened", value=opens)
+        yield CounterMetricFamily("modelfs_stream_opens", "Data streams opened",
+                                  value=state["stream_opens"])
         yield CounterMetricFamily("modelfs_stream_reopens", "Data streams reopened after a break",
                                   value=state["stream_reopens"])
         errors = CounterMetricFamily("modelfs_errors", "Errors returned to readers, by kind",

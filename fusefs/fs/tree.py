@@ -69,8 +69,9 @@ class Tree:
             self.root, name, True, mtime_ns=self.root.mtime_ns)
 
     def snapshots(self) -> list[Snapshot]:
-        return [repo.snapshot for owner in self.root.children.values()
-                for repo in owner.children.values() if repo.snapshot is not None]
+        # copies: the metrics thread calls this while the FUSE loop adds repos
+        return [repo.snapshot for owner in list(self.root.children.values())
+                for repo in list(owner.children.values()) if repo.snapshot is not None]
 
     def repo_dir(self, repo: RepoId) -> Node | None:
         owner = self.root.children.get(repo.owner.encode())

@@ -22,6 +22,8 @@ REGION_HEADER = "x-aliyun-region-id"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _OWNER_OR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REDIRECTS = (301, 302, 303, 307, 308)
+LISTING_CAP = 3000  # a recursive listing this long may have been cut short by the hub
+MAX_DIRECTORIES = 100_000
 
 
 class HubError(Exception):
@@ -133,17 +135,41 @@ class HubClient:
             return revision
         raise RepoNotFound(f"{repo}: no branch or tag {revision!r}")
 
+    async def _list(self, repo: RepoId, commit: str, root: str, recursive: bool) -> list:
+        data = await self._get_json(f"{repo.api}/repo/files", {
+            "Revision": commit, "Recursive": "true" if recursive else "false", "Root": root})
+        entries = data.get("Files") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise HubError(f"{repo}: malformed listing")
+        return entries
+
     async def snapshot(self, repo: RepoId, revision: str = "master") -> Snapshot:
         commit = await self.resolve_revision(repo, revision)
-        data = await self._get_json(f"{repo.api}/repo/files",
-                                    {"Revision": commit, "Recursive": "true", "Root": ""})
-        if not isinstance(data, dict):
-            raise HubError(f"{repo}: malformed listing")
+        entries = await self._list(repo, commit, "", recursive=True)
+        if len(entries) >= LISTING_CAP:
+            # The hub caps recursive listings; one directory at a time is complete.
+            entries = await self._walk(repo, commit)
         try:
-            files = parse_files(str(repo), data.get("Files"))
+            files = parse_files(str(repo), entries)
         except ValueError as e:
             raise HubError(str(e)) from None
         return Snapshot(repo, revision, commit, files)
+
+    async def _walk(self, repo: RepoId, commit: str) -> list:
+        entries, pending, seen = [], [""], set()
+        while pending:
+            root = pending.pop()
+            if root in seen or len(seen) > MAX_DIRECTORIES:
+                continue  # a listing that loops or explodes is not followed forever
+            seen.add(root)
+            for entry in await self._list(repo, commit, root, recursive=False):
+                if isinstance(entry, dict) and entry.get("Type") == "tree":
+                    path = entry.get("Path")
+                    if isinstance(path, str) and path and not path.startswith("/"):
+                        pending.append(path)
+                else:
+                    entries.append(entry)
+        return entries
 
     def download_url(self, repo: RepoId, commit: str, path: str) -> str:
         query = f"Revision={quote(commit, safe='')}&FilePath={quote(path, safe='')}"

@@ -62,10 +62,13 @@ def start_grpc(region: Region, store: Store, stats: Stats, faults: FaultPlan | N
               help="TOML file: [regions.<name>] grpc = \"HOST:PORT\", repos = [\"owner/*\"].")
 @click.option("--client-region", metavar="NAME",
               help="Region to tell clients they are in (internalAccelerationInfo).")
+@click.option("--listing-limit", default=3000, show_default=True, type=click.IntRange(1),
+              help="Most entries a recursive listing returns (clients walk subtrees for more).")
 @click.option("--faults", is_flag=True, help="Enable fault injection on /admin/faults (tests only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(root, http_addr, grpc_addr, region, topology, client_region, faults, log_level):
+def serve(root, http_addr, grpc_addr, region, topology, client_region, listing_limit, faults,
+          log_level):
     """Serve ROOT/<owner>/<name>/<files…> as hub repos, over the hub HTTP API,
     BidiReadObject gRPC and a CDN-style range route.
 
@@ -99,7 +102,7 @@ def serve(root, http_addr, grpc_addr, region, topology, client_region, faults, l
         for r in regions:
             server, addrs[r.name] = start_grpc(r, store, stats, plan)
             servers.append(server)
-        app = HubApp(store, regions, addrs, stats, plan, client_region)
+        app = HubApp(store, regions, addrs, stats, plan, client_region, listing_limit)
         by_region = dict(zip(addrs, servers))
 
         def stop_listener(name: str) -> bool:

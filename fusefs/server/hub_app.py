@@ -68,13 +68,15 @@ def error(status: int, message: str) -> Reply:
 
 class HubApp:
     def __init__(self, store: Store, regions: list[Region], grpc_addrs: dict[str, str],
-                 stats: Stats, faults: FaultPlan | None, client_region: str | None):
+                 stats: Stats, faults: FaultPlan | None, client_region: str | None,
+                 listing_limit: int = 3000):
         self.store = store
         self.regions = {r.name: r for r in regions}
         self.grpc_addrs = grpc_addrs
         self.stats = stats
         self.faults = faults
         self.client_region = client_region
+        self.listing_limit = listing_limit
         self.base = ""  # http://HOST:PORT, set once listening
         self.stop_listener = lambda region: False  # set by the command: stops one region's gRPC
 
@@ -152,8 +154,11 @@ class HubApp:
                 "Tags": []}})
         if what == "/repo/files":
             state = await self.current(repo, req.query.get("Revision"))
-            return ok({"Files": listing(state, req.query.get("Root", "").strip("/"),
-                                        req.query.get("Recursive", "false").lower() == "true")})
+            recursive = req.query.get("Recursive", "false").lower() == "true"
+            entries = listing(state, req.query.get("Root", "").strip("/"), recursive)
+            if recursive:
+                entries = entries[:self.listing_limit]  # as the hub does: walk subtrees for more
+            return ok({"Files": entries})
         # the download URL: a probe
         region_name = req.headers.get(REGION_HEADER, "")
         self.stats.add("probes", region_name)

@@ -40,6 +40,7 @@ class Store:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self._digests: dict[tuple, str] = {}
+        self._states: dict[RepoId, RepoState] = {}
         self._lock = threading.Lock()
 
     def repo_path(self, repo: RepoId) -> str:
@@ -85,8 +86,15 @@ class Store:
     def state(self, repo: RepoId) -> RepoState:
         """Files, digests and commit id of the repo's current content (may hash: slow once)."""
         files = self.scan(repo)
+        with self._lock:
+            known = self._states.get(repo)
+        if known is not None and known.files == files:
+            return known  # unchanged since last asked: no hashing of any kind
         digests = {p: self.digest(f) for p, f in files.items()}
         h = hashlib.sha1()
         for path in sorted(files):
             h.update(f"{path}\0{files[path].size}\0{digests[path]}\n".encode())
-        return RepoState(repo, h.hexdigest(), files, digests)
+        state = RepoState(repo, h.hexdigest(), files, digests)
+        with self._lock:
+            self._states[repo] = state
+        return state
