@@ -55,7 +55,6 @@ class FileReader:
         self.source = source
         self.size = size
         self.name = name
-        self.bytes_read = 0
         self._budget = budget
         self._limits = limits
         self._wake = wake
@@ -119,7 +118,6 @@ class FileReader:
         for rr in covering:
             pieces.extend(rr.view(max(offset, rr.offset), min(end, rr.end)))
             self._budget.touch(rr)
-        self.bytes_read += end - offset
         if len(pieces) == 1:
             return pieces[0]  # zero-copy: FUSE replies straight from the received chunk
         return b"".join(pieces)

@@ -59,6 +59,7 @@ class OpenFile:
     reader: FileReader
     handles: int = 0
     opened_at: float = 0.0  # until the first byte is served; then 0
+    bytes_read: int = 0  # across every source this file has had
     failed_regions: frozenset[str] = frozenset()
     reresolved: bool = False
     switching: trio.Lock = field(default_factory=trio.Lock)
@@ -78,6 +79,7 @@ class ModelFS(pyfuse3.Operations):
         self.started = time.monotonic()
         self.errors: Counter[str] = Counter()
         self.read_sizes: Counter[int] = Counter()
+        self.bytes_by_source: Counter[str] = Counter()  # monotonic, for metrics
         self.registry = CollectorRegistry()
         self.timings = ReadTimings(self.registry)
         self.files: dict[int, OpenFile] = {}  # by inode
@@ -225,6 +227,8 @@ class ModelFS(pyfuse3.Operations):
         with self.timings.read.time():
             data = await self._read(opened, off, size)
         self.read_sizes[len(data)] += 1
+        opened.bytes_read += len(data)
+        self.bytes_by_source[opened.resolution.source] += len(data)
         if opened.opened_at:
             self.timings.first_byte.observe(time.monotonic() - opened.opened_at)
             opened.opened_at = 0.0

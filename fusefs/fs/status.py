@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -42,15 +41,12 @@ def snapshot(fs) -> dict:
             "region": opened.resolution.region,
             "endpoint": opened.resolution.location,
             "handles": opened.handles,
-            "bytes_read": opened.reader.bytes_read,
+            "bytes_read": opened.bytes_read,
             "stream_opens": counters.opens if counters else 0,
             "stream_reopens": counters.reopens if counters else 0,
             "buffered": opened.reader.buffered,
         })
     files.sort(key=lambda f: f["path"])
-    by_source: Counter[str] = Counter()
-    for f in files:
-        by_source[f["source"]] += f["bytes_read"]
     state = {
         "mountpoint": fs.settings_view.get("mountpoint"),
         "settings": fs.settings_view,
@@ -59,7 +55,7 @@ def snapshot(fs) -> dict:
         "peers": list(fs.resolver.peers),
         "repos": [f"{s.repo}@{s.revision} ({s.commit[:12]})" for s in fs.tree.snapshots()],
         "files_open": len(files),
-        "bytes_read": dict(by_source),
+        "bytes_read": dict(fs.bytes_by_source),
         "stream_opens": sum(f["stream_opens"] for f in files),
         "stream_reopens": sum(f["stream_reopens"] for f in files),
         "probes": dict(fs.resolver.probes),
