@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 import os
 import re
 import subprocess
@@ -98,3 +99,21 @@ def start_mount(path: Path, hub: str, *args: str, log: Path | None = None) -> Mo
     pid = int(re.search(r"pid (\d+)", result.stdout).group(1))
     assert is_mounted(path)
     return Mount(path, pid, log)
+
+
+@contextmanager
+def mount_factory(base: Path, hub: str, *common: str):
+    """Yields make(*args) -> Mount; every mount made is unmounted (and checked) at the end."""
+    made: list[Mount] = []
+
+    def make(*args: str) -> Mount:
+        m = start_mount(base / f"m{len(made)}", hub, *common, *args)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.unmount()
+            assert not is_mounted(m.path)

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from mounting import is_mounted, make_bytes, modelfs, start_mount
+from mounting import is_mounted, make_bytes, modelfs, mount_factory
 
 COMMIT = "c" * 40
 CONTENT = make_bytes(300_000, seed=5)
@@ -84,18 +84,9 @@ def hub():
 
 @pytest.fixture
 def mounted(hub, tmp_path):
-    mounts = []
-
-    def make():
-        m = start_mount(tmp_path / f"m{len(mounts)}", hub.url, "--repo", "evil/repo",
-                        "--region", "r1", "--read-timeout", "5")
-        mounts.append(m)
-        return m
-
-    yield make
-    for m in mounts:
-        m.unmount()
-        assert not is_mounted(m.path)
+    with mount_factory(tmp_path, hub.url, "--repo", "evil/repo", "--region", "r1",
+                       "--read-timeout", "5") as make:
+        yield make
 
 
 def blob(path, size=len(CONTENT)):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from mounting import MiB, is_mounted, make_bytes, sha256_file, start_mount, write_file
+from mounting import MiB, make_bytes, mount_factory, sha256_file, start_mount, write_file
 from servers import start_server
 
 TOPOLOGY = """
@@ -44,19 +43,9 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def mount(world, tmp_path):
-    """A mount in region `home`, which holds none of acme/public/wide."""
-    _, server = world
-    mounts = []
-
-    def make(*args: str):
-        m = start_mount(tmp_path / f"m{len(mounts)}", server.hub, "--region", "home", *args)
-        mounts.append(m)
-        return m
-
-    yield make
-    for m in mounts:
-        m.unmount()
-        assert not is_mounted(m.path)
+    """Mounts in region `home`, which holds none of acme/public/wide."""
+    with mount_factory(tmp_path, world[1].hub, "--region", "home") as make:
+        yield make
 
 
 def xattrs(path) -> tuple[str, str, str]:

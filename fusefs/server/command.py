@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import click
