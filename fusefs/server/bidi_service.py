@@ -154,7 +154,7 @@ class BidiReadService(storage_pb2_grpc.StorageServicer):
         repo = RepoId(owner, name)
         if not path or not self.store.exists(repo) or not self.region.holds(str(repo)):
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no object {spec.object!r} in {self.bucket}")
-        f = self.store.scan(repo).get(path)
+        f = self.store.file(repo, path)
         if f is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no object {spec.object!r} in {self.bucket}")
         if spec.generation and spec.generation != f.generation:

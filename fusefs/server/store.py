@@ -65,10 +65,24 @@ class Store:
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 rel = os.path.relpath(full, base).replace(os.sep, "/")
-                out[rel] = StoredFile(rel, full, st.st_size, int(st.st_mtime),
-                                      max(1, st.st_mtime_ns // 1000),
-                                      (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                out[rel] = _stored(rel, full, st)
         return out
+
+    def file(self, repo: RepoId, path: str) -> StoredFile | None:
+        """One file as it is now, without walking the repo (the data plane's open)."""
+        parts = path.split("/")
+        if any(not p or p.startswith(".") for p in parts):
+            return None  # never '..', hidden files, or empty components
+        full = os.path.join(self.repo_path(repo), *parts)
+        try:
+            st = os.lstat(full)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or any(
+                os.path.islink(os.path.join(self.repo_path(repo), *parts[:i]))
+                for i in range(1, len(parts))):
+            return None
+        return _stored(path, full, st)
 
     def digest(self, f: StoredFile) -> str:
         with self._lock:
@@ -98,3 +112,8 @@ class Store:
         with self._lock:
             self._states[repo] = state
         return state
+
+
+def _stored(path: str, full: str, st: os.stat_result) -> StoredFile:
+    return StoredFile(path, full, st.st_size, int(st.st_mtime), max(1, st.st_mtime_ns // 1000),
+                      (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
