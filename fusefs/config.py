@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fusefs.data.client import DEFAULT_MEMORY_BUDGET
 from fusefs.data.location import valid_region
 from fusefs.hub.client import RepoSpec
 
@@ -145,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Peer regions reachable over private links, in order of preference.", "A,B"),
     Setting("token_file", _path, None, ("MODELFS_TOKEN_FILE",),
             "File holding the hub token (MODELSCOPE_API_TOKEN is read too).", "PATH"),
-    Setting("memory", _size, 512 << 20, ("MODELFS_MEMORY",),
+    Setting("memory", _size, DEFAULT_MEMORY_BUDGET, ("MODELFS_MEMORY",),
             "Budget for buffered and prefetched bytes, all files together.", "SIZE"),
     Setting("read_timeout", _seconds, 30.0, ("MODELFS_READ_TIMEOUT",),
             "A read not served within this many seconds fails with EIO.", "SECONDS"),

@@ -23,7 +23,7 @@ from fusefs.data.location import location_kind, parse_grpc_url
 from fusefs.data.reader import FileReader, ReadLimits
 
 MiB = 1 << 20
-DEFAULT_MEMORY_BUDGET = 512 * MiB
+DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 32 * MiB),
