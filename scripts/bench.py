@@ -70,6 +70,68 @@ def make_store(root: Path, big: int, small_count: int) -> None:
         f.write(rng.bytes(256 * MiB))
 
 
+PUMP_SERVER = """
+import os, sys
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+from fusefs.proto import storage_pb2 as pb, storage_pb2_grpc
+CHUNK, TOTAL = 2 << 20, int(sys.argv[1])
+
+class Pump(storage_pb2_grpc.StorageServicer):
+    def BidiReadObject(self, requests, context):
+        next(requests)
+        payload = os.urandom(CHUNK)
+        yield pb.BidiReadObjectResponse(metadata=pb.Object(size=TOTAL))
+        for i in range(TOTAL // CHUNK):
+            yield pb.BidiReadObjectResponse(object_data_ranges=[pb.ObjectRangeData(
+                checksummed_data=pb.ChecksummedData(content=payload, crc32c=0),
+                read_range=pb.ReadRange(read_offset=i * CHUNK, read_length=CHUNK, read_id=1),
+                range_end=i == TOTAL // CHUNK - 1)])
+
+server = grpc.server(ThreadPoolExecutor(4), options=[("grpc.max_send_message_length", 16 << 20)])
+storage_pb2_grpc.add_StorageServicer_to_server(Pump(), server)
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def grpc_drain(endpoint: str, bucket: str, obj: str, size: int) -> float:
+    """MB/s of one stream reading `size` bytes, parsing messages, nothing else."""
+    import grpc
+    from fusefs.proto import storage_pb2 as pb
+    from fusefs.proto import storage_pb2_grpc
+    channel = grpc.insecure_channel(endpoint, [("grpc.max_receive_message_length", 32 * MiB)])
+    request = pb.BidiReadObjectRequest(
+        read_object_spec=pb.BidiReadObjectSpec(bucket=f"projects/_/buckets/{bucket}", object=obj),
+        read_ranges=[pb.ReadRange(read_offset=0, read_length=size, read_id=1)])
+    t = time.perf_counter()
+    got = 0
+    for response in storage_pb2_grpc.StorageStub(channel).BidiReadObject(iter([request])):
+        for d in response.object_data_ranges:
+            got += len(d.checksummed_data.content)
+    elapsed = time.perf_counter() - t
+    channel.close()
+    assert got == size, (got, size)
+    return size / elapsed / 1e6
+
+
+def pump_vs_store(store_endpoint: str, size: int) -> dict:
+    """`modelfs serve` against a minimal byte pump, same client, same size, one stream."""
+    import subprocess
+    pump = subprocess.Popen([sys.executable, "-c", PUMP_SERVER, str(size)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(pump.stdout.readline())
+        pump_mb_s = max(grpc_drain(f"127.0.0.1:{port}", "x", "x", size) for _ in range(2))
+    finally:
+        pump.kill()
+        pump.wait()
+    store_mb_s = max(grpc_drain(store_endpoint, "home", "bench/model/big.bin", size)
+                     for _ in range(2))
+    return {"pump_mb_s": pump_mb_s, "store_mb_s": store_mb_s, "ratio": store_mb_s / pump_mb_s}
+
+
 def drop_page_cache(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -164,6 +226,7 @@ def main() -> int:
         topology.write_text(TOPOLOGY)
         server = start_server(store, "--topology", str(topology))
         try:
+            report["store_vs_pump"] = pump_vs_store(server.grpc["home"], size)
             # raw client library, no FUSE
             raw_t = trio.run(raw_client_sequential, server.hub, "big.bin", size)
             report["raw_client_seq_mb_s"] = size / raw_t / 1e6
@@ -206,6 +269,10 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"{'workload':38} {'value':>12}")
+    sp = report["store_vs_pump"]
+    print(f"{'gRPC byte pump, one stream':38} {sp['pump_mb_s']:10.0f} MB/s")
+    print(f"{'modelfs serve, one stream':38} {sp['store_mb_s']:10.0f} MB/s")
+    print(f"{'  ratio serve/pump (target >= 0.8)':38} {sp['ratio']:12.2f}")
     print(f"{'raw client, cold sequential':38} {report['raw_client_seq_mb_s']:10.0f} MB/s")
     print(f"{'mount, cold sequential':38} {report['mount_cold_seq_mb_s']:10.0f} MB/s")
     print(f"{'  ratio mount/raw (target >= 0.8)':38} {report['ratio_cold_mount_vs_raw']:12.2f}")

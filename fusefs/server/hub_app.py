@@ -283,9 +283,9 @@ def parse_range(spec: str, size: int):
             return "unsatisfiable"
         return max(0, size - n), size - 1
     first = int(m[1])
-    last = int(m[2]) if m[2] else size - 1
-    if first > last:
-        return None
+    if m[2] and int(m[2]) < first:
+        return None  # invalid: ignored, as RFC 9110 allows
     if first >= size:
         return "unsatisfiable"
+    last = int(m[2]) if m[2] else size - 1
     return first, min(last, size - 1)
