@@ -74,8 +74,10 @@ PUMP_SERVER = """
 import os, sys
 from concurrent.futures import ThreadPoolExecutor
 import grpc
+from fusefs.data.memory import tune_malloc
 from fusefs.proto import storage_pb2 as pb, storage_pb2_grpc
 CHUNK, TOTAL = 2 << 20, int(sys.argv[1])
+tune_malloc()  # the same allocator settings as modelfs serve: compare the serving, not malloc
 
 class Pump(storage_pb2_grpc.StorageServicer):
     def BidiReadObject(self, requests, context):
