@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -82,7 +83,8 @@ def test_token_goes_only_to_the_hub_and_never_into_logs(server, tmp_path):
     server.reset_stats()
     # a region the store does not play: the bytes come over the CDN route
     m = start_mount(tmp_path / "m", server.hub, "--repo", "acme/m", "--token-file",
-                    str(token_file), "--log-level", "debug", "--region", "elsewhere")
+                    str(token_file), "--log-level", "debug", "--log-format", "json",
+                    "--region", "elsewhere")
     try:
         assert sha256_file(m.path / "acme" / "m" / "w.bin")
         assert os.getxattr(m.path / "acme" / "m" / "w.bin", "user.modelfs.source") == b"cdn"
@@ -92,5 +94,9 @@ def test_token_goes_only_to_the_hub_and_never_into_logs(server, tmp_path):
         assert creds["api"] > 0 and creds["cdn"] == 0
     finally:
         m.unmount()
-    assert token not in m.log_text()
+    log = m.log_text()
+    assert token not in log
+    events = [json.loads(line) for line in log.splitlines() if line.strip()]  # one JSON per line
+    assert any("via cdn" in e["message"] for e in events)
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in events)
     assert "allow_other" not in open("/proc/mounts").read()
