@@ -28,7 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mounting import start_mount  # noqa: E402
-from servers import start_server  # noqa: E402
+from servers import start_regions  # noqa: E402
 
 from fusefs.data.client import DataClient  # noqa: E402
 from fusefs.data.memory import tune_malloc  # noqa: E402
@@ -38,20 +38,6 @@ MiB = 1 << 20
 REPO = RepoId("bench", "model")
 
 
-TOPOLOGY = """
-[regions.home]
-grpc = "127.0.0.1:0"
-repos = ["bench/*"]
-[regions.p1]
-grpc = "127.0.0.1:0"
-repos = ["none/*"]
-[regions.p2]
-grpc = "127.0.0.1:0"
-repos = ["none/*"]
-[regions.p3]
-grpc = "127.0.0.1:0"
-repos = ["bench/*"]
-"""
 
 
 def make_store(root: Path, big: int, small_count: int) -> None:
@@ -224,9 +210,9 @@ def main() -> int:
         store = work / "store"
         make_store(store, size, small_count=40)
         local = store / "bench" / "model" / "big.bin"
-        topology = work / "topology.toml"
-        topology.write_text(TOPOLOGY)
-        server = start_server(store, "--topology", str(topology))
+        # home holds the repo; of three peers only the last does
+        server = start_regions(store, {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"],
+                                       "p3": ["bench/*"]})
         try:
             report["store_vs_pump"] = pump_vs_store(server.grpc["home"], size)
             # raw client library, no FUSE

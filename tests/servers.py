@@ -95,3 +95,12 @@ def start_server(root: Path | str, *args: str, log: Path | None = None) -> Serve
     except BaseException:
         handle.stop()
         raise
+
+
+def start_regions(root: Path | str, regions: dict[str, list[str]], *args: str) -> ServerHandle:
+    """`modelfs serve` playing several regions, {name: [repo globs]}, each on its own port."""
+    topology = Path(root).with_name(Path(root).name + "-topology.toml")
+    topology.write_text("".join(
+        f'[regions.{name}]\ngrpc = "127.0.0.1:0"\nrepos = {json.dumps(globs)}\n'
+        for name, globs in regions.items()))
+    return start_server(root, "--topology", str(topology), *args)

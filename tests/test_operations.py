@@ -26,16 +26,8 @@ from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mo
 from prometheus_client.parser import text_string_to_metric_families
 
 from fusefs import __version__
-from servers import start_server
+from servers import start_regions, start_server
 
-TOPOLOGY = """
-[regions.east]
-grpc = "127.0.0.1:0"
-repos = ["other/*"]
-[regions.west]
-grpc = "127.0.0.1:0"
-repos = ["acme/*"]
-"""
 
 LONG_FILES = 120  # with long paths: more than fits one xattr value if all were listed
 HELPER = Path("/sbin/mount.fuse.modelfs")
@@ -131,9 +123,7 @@ def regions(tmp_path_factory):
     root = tmp_path_factory.mktemp("regional")
     write_file(root / "acme" / "peer" / "model.bin", make_bytes(3 * MiB + 99, seed=44))
     write_file(root / "other" / "near" / "a.txt", b"near\n")
-    topology = root.parent / "topology.toml"
-    topology.write_text(TOPOLOGY)
-    server = start_server(root, "--topology", str(topology))
+    server = start_regions(root, {"east": ["other/*"], "west": ["acme/*"]})
     yield root, server
     server.stop()
 

@@ -7,22 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from mounting import MiB, make_bytes, mount_factory, sha256_file, start_mount, write_file
-from servers import start_server
+from servers import start_regions
 
-TOPOLOGY = """
-[regions.home]
-grpc = "127.0.0.1:0"
-repos = ["local/*"]
-[regions.peer-b]
-grpc = "127.0.0.1:0"
-repos = ["acme/*"]
-[regions.peer-c]
-grpc = "127.0.0.1:0"
-repos = ["acme/*", "wide/*"]
-[regions.peer-d]
-grpc = "127.0.0.1:0"
-repos = ["wide/*"]
-"""
+
+
+REGIONS = {"home": ["local/*"], "peer-b": ["acme/*"], "peer-c": ["acme/*", "wide/*"],
+           "peer-d": ["wide/*"]}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +24,7 @@ def world(tmp_path_factory):
     write_file(root / "public" / "only" / "w.bin", make_bytes(5 * MiB + 17, seed=23))
     for i in range(200):
         write_file(root / "wide" / "shards" / f"s{i:03d}.bin", f"shard {i}\n".encode())
-    topology = root.parent / "topology.toml"
-    topology.write_text(TOPOLOGY)
-    server = start_server(root, "--topology", str(topology), "--faults")
+    server = start_regions(root, REGIONS, "--faults")
     yield root, server
     server.stop()
 
@@ -106,9 +94,7 @@ def test_opening_a_200_file_repo_from_8_threads_costs_n_plus_p_probes(world, mou
 
 def test_killing_the_chosen_peer_mid_read_falls_back_to_the_next(world, tmp_path):
     root, _ = world
-    topology = tmp_path / "topology.toml"
-    topology.write_text(TOPOLOGY)
-    server = start_server(root, "--topology", str(topology), "--faults")  # ours to break
+    server = start_regions(root, REGIONS, "--faults")  # ours to break
     m = start_mount(tmp_path / "m", server.hub, "--region", "home",
                     "--inter-regions", "peer-b,peer-c", "--read-timeout", "20")
     try:

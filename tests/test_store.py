@@ -16,21 +16,13 @@ import httpx
 import pytest
 from google.rpc import status_pb2
 from mounting import MiB, make_bytes, write_file
-from servers import start_server
+from servers import start_regions, start_server
 
 from fusefs.data.location import parse_grpc_url
 from fusefs.proto import storage_pb2 as pb
 from fusefs.proto import storage_pb2_grpc
 
 BIG = 256 * MiB
-TOPOLOGY = """
-[regions.east]
-grpc = "127.0.0.1:0"
-repos = ["acme/*"]
-[regions.west]
-grpc = "127.0.0.1:0"
-repos = ["other/*"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +32,7 @@ def store(tmp_path_factory):
     write_file(root / "acme" / "m" / "sub" / "b.txt", b"hello\n")
     write_file(root / "acme" / "m" / "big.bin", make_bytes(BIG, seed=2))
     write_file(root / "other" / "x" / "c.bin", make_bytes(1000, seed=3))
-    topology = root.parent / "topology.toml"
-    topology.write_text(TOPOLOGY)
-    server = start_server(root, "--topology", str(topology), "--faults")
+    server = start_regions(root, {"east": ["acme/*"], "west": ["other/*"]}, "--faults")
     http = httpx.Client(base_url=server.hub, follow_redirects=False, timeout=30)
     yield root, server, http
     http.close()
