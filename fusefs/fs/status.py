@@ -44,6 +44,7 @@ def snapshot(fs) -> dict:
             "bytes_read": opened.bytes_read,
             "stream_opens": counters.opens if counters else 0,
             "stream_reopens": counters.reopens if counters else 0,
+            "http_retries": getattr(src, "retries", 0),
             "buffered": opened.reader.buffered,
         })
     files.sort(key=lambda f: f["path"])
@@ -58,6 +59,7 @@ def snapshot(fs) -> dict:
         "bytes_read": dict(fs.bytes_by_source),
         "stream_opens": sum(f["stream_opens"] for f in files),
         "stream_reopens": sum(f["stream_reopens"] for f in files),
+        "retries": sum(f["stream_reopens"] + f["http_retries"] for f in files),
         "probes": dict(fs.resolver.probes),
         "memory": {"in_use": fs.data.budget.in_use, "limit": fs.data.budget.limit,
                    "evictions": fs.data.budget.evictions},
@@ -97,6 +99,8 @@ class _Collector:
                                   value=state["stream_opens"])
         yield CounterMetricFamily("modelfs_stream_reopens", "Data streams reopened after a break",
                                   value=state["stream_reopens"])
+        yield CounterMetricFamily("modelfs_retries", "Stream reopens and HTTP range retries",
+                                  value=state["retries"])
         errors = CounterMetricFamily("modelfs_errors", "Errors returned to readers, by kind",
                                      labels=["kind"])
         for kind, n in state["errors"].items():
