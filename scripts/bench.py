@@ -4,6 +4,9 @@ Workloads (each against the same `modelfs serve` on loopback):
   cold_seq      1 GiB read sequentially in 1 MiB blocks: mount vs raw client library
   random        pread 4 KiB and 1 MiB from 4 threads through the mount (IOPS, MB/s, p50/p99)
   warm          re-read of the same file after close/reopen (page cache kept) vs local disk
+  safetensors   4 shards loaded through a fresh mount by read and by mmap, vs the raw client
+                fetching the same bytes, and vs the same files on local disk (page cache)
+  shared        4 processes reading the 1 GiB file at once vs 1 process (cold, fresh mount)
   ttfb          open + first byte of cold files (p50/p95), with 0 peers and with 3 peers
                 (mount in a region holding nothing; the third peer holds the repo)
 Writes a JSON report (--out) and prints a table.
@@ -54,6 +57,44 @@ def make_store(root: Path, big: int, small_count: int) -> None:
         (repo / f"small-{i:03d}.bin").write_bytes(rng.bytes(MiB))
     with open(repo / "random.bin", "wb") as f:  # its own file, so random reads start cold
         f.write(rng.bytes(256 * MiB))
+    from safetensors.numpy import save_file
+    for shard in range(1, SHARDS + 1):  # ~64 MiB each, as a "model" of four shards
+        tensors = {f"layers.{shard}.{i}.weight": rng.standard_normal((2048, 2048), dtype=np.float32)
+                   for i in range(4)}
+        save_file(tensors, str(repo / f"model-{shard:05d}-of-{SHARDS:05d}.safetensors"))
+
+
+SHARDS = 4
+
+
+def shard_names() -> list[str]:
+    return [f"model-{i:05d}-of-{SHARDS:05d}.safetensors" for i in range(1, SHARDS + 1)]
+
+
+def load_shards(directory: Path, how: str) -> float:
+    """Seconds to load every shard with the safetensors library, by read or by mmap."""
+    from safetensors.numpy import load, load_file
+    t = time.perf_counter()
+    for name in shard_names():
+        if how == "read":
+            tensors = load((directory / name).read_bytes())
+        else:
+            tensors = load_file(str(directory / name))  # maps the file, as transformers does
+        for array in tensors.values():
+            float(array.reshape(-1)[::4096].sum())  # touch every page the way a model load would
+    return time.perf_counter() - t
+
+
+def concurrent_readers(path: Path, readers: int) -> float:
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    t = time.perf_counter()
+    procs = [ctx.Process(target=read_sequential, args=(path,)) for _ in range(readers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return time.perf_counter() - t
 
 
 PUMP_SERVER = """
@@ -137,16 +178,20 @@ def read_sequential(path: Path, block: int = MiB) -> tuple[int, float]:
     return total, time.perf_counter() - t
 
 
-async def raw_client_sequential(hub: str, path: str, size: int, block: int = MiB) -> float:
+async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) -> float:
+    """Seconds for the client library (no FUSE) to fetch these files, one after another."""
     async with HubClient(hub) as client:
         snap = await client.snapshot(REPO)
-        answer = await client.ask_location(REPO, snap.commit, path, "home")
+        sizes = {f.path: f.size for f in snap.files}
+        locations = [(await client.ask_location(REPO, snap.commit, p, "home")).location
+                     for p in paths]
     async with DataClient() as data:
-        reader = data.open_reader(answer.location, size)
         t = time.perf_counter()
-        off = 0
-        while chunk := await reader.read(off, block):
-            off += len(chunk)
+        for path, location in zip(paths, locations):
+            reader = data.open_reader(location, sizes[path])
+            off = 0
+            while chunk := await reader.read(off, block):
+                off += len(chunk)
         return time.perf_counter() - t
 
 
@@ -216,7 +261,7 @@ def main() -> int:
         try:
             report["store_vs_pump"] = pump_vs_store(server.grpc["home"], size)
             # raw client library, no FUSE
-            raw_t = trio.run(raw_client_sequential, server.hub, "big.bin", size)
+            raw_t = trio.run(raw_client_sequential, server.hub, ["big.bin"])
             report["raw_client_seq_mb_s"] = size / raw_t / 1e6
             # cold through a fresh mount
             m = start_mount(work / "mnt", server.hub, "--repo", "bench/model", "--region", "home")
@@ -242,6 +287,27 @@ def main() -> int:
                         int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
             finally:
                 m.unmount()
+            st = report["safetensors"] = {
+                "raw_client_fetch_s": trio.run(raw_client_sequential, server.hub, shard_names())}
+            for how in ("read", "mmap"):
+                m = start_mount(work / f"mnt-{how}", server.hub, "--repo", "bench/model",
+                                "--region", "home")
+                try:
+                    st[f"mount_{how}_s"] = load_shards(m.path / "bench" / "model", how)
+                finally:
+                    m.unmount()
+                load_shards(store / "bench" / "model", how)  # warm the local files
+                st[f"local_{how}_s"] = load_shards(store / "bench" / "model", how)
+                st[f"ratio_mount_{how}_vs_raw"] = st[f"mount_{how}_s"] / st["raw_client_fetch_s"]
+            m = start_mount(work / "mnt-shared", server.hub, "--repo", "bench/model",
+                            "--region", "home")
+            try:
+                report["shared_4_readers_s"] = concurrent_readers(
+                    m.path / "bench" / "model" / "big.bin", 4)
+            finally:
+                m.unmount()
+            report["shared_1_reader_s"] = size / (report["mount_cold_seq_mb_s"] * 1e6)
+            report["ratio_4_readers_vs_1"] = report["shared_4_readers_s"] / report["shared_1_reader_s"]
             m = start_mount(work / "mnt3", server.hub, "--repo", "bench/model", "--region",
                             "away", "--inter-regions", "p1,p2,p3")
             try:
@@ -276,6 +342,14 @@ def main() -> int:
         r = report[f"ttfb_{peers}_peers"]
         print(f"{f'open + first byte, cold, {peers} peers':38} p50 {r['p50_ms']:.2f} ms "
               f"p95 {r['p95_ms']:.2f} ms")
+    st = report["safetensors"]
+    print(f"{'safetensors, raw client fetch':38} {st['raw_client_fetch_s']:10.2f} s")
+    for how in ("read", "mmap"):
+        print(f"{f'safetensors by {how}, mount (cold)':38} {st[f'mount_{how}_s']:10.2f} s"
+              f"   local {st[f'local_{how}_s']:.2f} s")
+        print(f"{f'  ratio mount/raw ({how}; target <= 1.5)':38} "
+              f"{st[f'ratio_mount_{how}_vs_raw']:12.2f}")
+    print(f"{'4 readers of one file vs 1 (<= 1.5)':38} {report['ratio_4_readers_vs_1']:12.2f}")
     print(f"{'mount peak RSS':38} {report['mount_vm_hwm_mib']:10.0f} MiB")
     print(f"report: {out}")
     return 0
