@@ -41,3 +41,17 @@ def test_wire_names_and_field_numbers_are_the_public_apis():
             assert desc.fields_by_name[field].number == number, (message, field)
     crc = pb.DESCRIPTOR.message_types_by_name["ChecksummedData"].fields_by_name["crc32c"]
     assert crc.type == crc.TYPE_FIXED32
+
+
+def test_hand_encoded_data_response_decodes_as_the_generated_code_does():
+    from fusefs.proto import storage_pb2 as pb
+    from fusefs.server.wire import data_response
+    for content, crc, offset, read_id, last in [
+            (b"", 0, 0, 0, False), (b"x" * 300, 0xFFFFFFFF, 5, 1, True),
+            (bytes(range(256)) * 8192, 0x12345678, (1 << 40) + 3, (1 << 62), False)]:
+        raw = data_response(content, crc, offset, read_id, last)
+        expected = pb.BidiReadObjectResponse(object_data_ranges=[pb.ObjectRangeData(
+            checksummed_data=pb.ChecksummedData(content=content, crc32c=crc),
+            read_range=pb.ReadRange(read_offset=offset, read_length=len(content), read_id=read_id),
+            range_end=last)])
+        assert pb.BidiReadObjectResponse.FromString(raw) == expected

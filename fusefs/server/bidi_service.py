@@ -23,11 +23,11 @@ from google.rpc import code_pb2, status_pb2
 from fusefs.data.location import BUCKET_PREFIX
 from fusefs.hub.client import RepoId
 from fusefs.proto import storage_pb2 as pb
-from fusefs.proto import storage_pb2_grpc
 from fusefs.server.faults import FaultPlan
 from fusefs.server.stats import Stats
 from fusefs.server.store import Store
 from fusefs.server.topology import Region
+from fusefs.server.wire import data_response
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,17 @@ def _range_error(read_id: int, message: str) -> _Abort:
     return _Abort(grpc.StatusCode.OUT_OF_RANGE, message, [err])
 
 
-class BidiReadService(storage_pb2_grpc.StorageServicer):
+def method_handlers(service: "BidiReadService") -> grpc.GenericRpcHandler:
+    """Register the service; responses leave it already serialized (see wire.py)."""
+    return grpc.method_handlers_generic_handler("google.storage.v2.Storage", {
+        "BidiReadObject": grpc.stream_stream_rpc_method_handler(
+            service.BidiReadObject,
+            request_deserializer=pb.BidiReadObjectRequest.FromString,
+            response_serializer=None),
+    })
+
+
+class BidiReadService:
     def __init__(self, region: Region, store: Store, stats: Stats, faults: FaultPlan | None,
                  chunk_size: int = DEFAULT_CHUNK):
         self.region = region
@@ -188,7 +198,8 @@ class BidiReadService(storage_pb2_grpc.StorageServicer):
             yield pb.BidiReadObjectResponse(
                 metadata=pb.Object(name=first.read_object_spec.object, bucket=self.bucket,
                                    generation=f.generation, metageneration=1, size=f.size),
-                read_handle=pb.BidiReadHandle(handle=f"{f.path}@{f.generation}".encode()))
+                read_handle=pb.BidiReadHandle(handle=f"{f.path}@{f.generation}".encode()),
+            ).SerializeToString()
             sent = 0
             breaking, broken_from = None, 0
             while (rng := ranges.next()) is not None:
@@ -217,10 +228,7 @@ class BidiReadService(storage_pb2_grpc.StorageServicer):
                     ranges.put_back(rng)
                 sent += n
                 self.stats.add("grpc_bytes", region, n)
-                yield pb.BidiReadObjectResponse(object_data_ranges=[pb.ObjectRangeData(
-                    checksummed_data=pb.ChecksummedData(content=data, crc32c=crc),
-                    read_range=pb.ReadRange(read_offset=offset, read_length=n, read_id=rng.read_id),
-                    range_end=last)])
+                yield data_response(data, crc, offset, rng.read_id, last)
         finally:
             os.close(fd)
 

@@ -15,8 +15,7 @@ from hypercorn.trio import serve as serve_http
 
 from fusefs import logs
 from fusefs.data.location import valid_region
-from fusefs.proto import storage_pb2_grpc
-from fusefs.server.bidi_service import BidiReadService
+from fusefs.server.bidi_service import BidiReadService, method_handlers
 from fusefs.server.faults import FaultPlan
 from fusefs.server.hub_app import HubApp
 from fusefs.server.stats import Stats
@@ -39,8 +38,7 @@ _GRPC_OPTIONS = [
 def start_grpc(region: Region, store: Store, stats: Stats, faults: FaultPlan | None) -> tuple[grpc.Server, str]:
     server = grpc.server(ThreadPoolExecutor(GRPC_WORKERS, thread_name_prefix=f"grpc-{region.name}"),
                          options=_GRPC_OPTIONS, maximum_concurrent_rpcs=GRPC_WORKERS)
-    storage_pb2_grpc.add_StorageServicer_to_server(
-        BidiReadService(region, store, stats, faults), server)
+    server.add_generic_rpc_handlers((method_handlers(BidiReadService(region, store, stats, faults)),))
     host, port = parse_host_port(region.grpc, f"grpc address of region {region.name}")
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
