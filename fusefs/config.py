@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fusefs.cache.store import DEFAULT_CACHE_SIZE, DEFAULT_MIN_FREE
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET
 from fusefs.data.location import valid_region
 from fusefs.hub.client import RepoSpec
@@ -148,6 +149,13 @@ SETTINGS: tuple[Setting, ...] = (
             "File holding the hub token (MODELSCOPE_API_TOKEN is read too).", "PATH"),
     Setting("memory", _size, DEFAULT_MEMORY_BUDGET, ("MODELFS_MEMORY",),
             "Budget for buffered and prefetched bytes, all files together.", "SIZE"),
+    Setting("cache_dir", _path, None, ("MODELFS_CACHE_DIR",),
+            "Keep fetched blocks on local disk here, across mounts and restarts (off when unset).",
+            "DIR"),
+    Setting("cache_size", _size, DEFAULT_CACHE_SIZE, ("MODELFS_CACHE_SIZE",),
+            "Most disk the cache may take; least recently used files go first.", "SIZE"),
+    Setting("cache_min_free", _size, DEFAULT_MIN_FREE, ("MODELFS_CACHE_MIN_FREE",),
+            "Free space the cache always leaves on its filesystem.", "SIZE"),
     Setting("read_timeout", _seconds, 30.0, ("MODELFS_READ_TIMEOUT",),
             "A read not served within this many seconds fails with EIO.", "SECONDS"),
     Setting("metrics", _host_port, None, ("MODELFS_METRICS",),

@@ -20,7 +20,8 @@ from fusefs.data.bidi import BidiStream, StreamLimits
 from fusefs.data.budget import MemoryBudget
 from fusefs.data.http import HttpRangeSource
 from fusefs.data.location import location_kind, parse_grpc_url
-from fusefs.data.reader import FileReader, ReadLimits
+from fusefs.data.ranges import trio_waker
+from fusefs.data.reader import FileReader, RangeSource, ReadLimits
 
 MiB = 1 << 20
 DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
@@ -70,17 +71,24 @@ class DataClient:
                 self._channels[key] = grpc.insecure_channel(endpoint, _CHANNEL_OPTIONS)
         return self._channels[key]
 
-    def open_reader(self, location: str, size: int, name: str = "") -> FileReader:
-        """A reader for the object at `location`; call from inside trio."""
+    def open_source(self, location: str, size: int) -> RangeSource:
+        """The network source for the object at `location` (a bidi stream or HTTP ranges)."""
         if location_kind(location) == "http":
-            source = HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
-        else:
-            target = parse_grpc_url(location)
-            source = BidiStream(self.channel(target.endpoint, target.tls), target, size,
-                                self.stream_limits)
-        reader = FileReader(source, size, self.budget, self.read_limits, _waker(), name or location)
+            return HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
+        target = parse_grpc_url(location)
+        return BidiStream(self.channel(target.endpoint, target.tls), target, size,
+                          self.stream_limits)
+
+    def reader(self, source: RangeSource, size: int, name: str, *, align: int = 1) -> FileReader:
+        """A reader over `source`, charged to this client's budget; call from inside trio."""
+        reader = FileReader(source, size, self.budget, self.read_limits, trio_waker(), name,
+                            align=align)
         self._readers.add(reader)
         return reader
+
+    def open_reader(self, location: str, size: int, name: str = "") -> FileReader:
+        """A reader for the object at `location`; call from inside trio."""
+        return self.reader(self.open_source(location, size), size, name or location)
 
     def close(self) -> None:
         for reader in list(self._readers):
@@ -89,14 +97,3 @@ class DataClient:
             channel.close()
         self._channels.clear()
 
-
-def _waker():
-    token = trio.lowlevel.current_trio_token()
-
-    def wake(fn) -> None:
-        try:
-            token.run_sync_soon(fn)
-        except trio.RunFinishedError:
-            pass  # the loop is gone; nobody is left to wake
-
-    return wake

@@ -18,6 +18,19 @@ import trio
 from fusefs.data.errors import DataError, ProtocolError
 
 
+def trio_waker() -> Callable[[Callable[[], None]], None]:
+    """A `wake` for RangeRead: runs a callback on the calling trio loop, from any thread."""
+    token = trio.lowlevel.current_trio_token()
+
+    def wake(fn: Callable[[], None]) -> None:
+        try:
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            pass  # the loop is gone; nobody is left to wake
+
+    return wake
+
+
 class RangeRead:
     """Bytes [offset, offset+length) of one object, arriving in order.
 

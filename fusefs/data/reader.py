@@ -51,13 +51,14 @@ class Waker(Protocol):
 
 class FileReader:
     def __init__(self, source: RangeSource, size: int, budget: MemoryBudget,
-                 limits: ReadLimits, wake: Waker, name: str = ""):
+                 limits: ReadLimits, wake: Waker, name: str = "", *, align: int = 1):
         self.source = source
         self.size = size
         self.name = name
         self._budget = budget
         self._limits = limits
         self._wake = wake
+        self._align = align  # every range starts and ends on a multiple (a cache's blocks)
         self._map = RangeMap()
         self._tracker = SequentialTracker(limits.prefetch_initial, limits.prefetch_max)
         self._stalled_at: int | None = None  # source.progress when a deadline last passed
@@ -133,6 +134,9 @@ class FileReader:
 
     def _request(self, start: int, end: int, *, force: bool, pin: bool) -> list[RangeRead]:
         """New ranges for the gaps in [start, end), submitted as one batch."""
+        if self._align > 1:
+            start -= start % self._align
+            end = min(-(-end // self._align) * self._align, self.size)
         batch = []
         for gap in self._map.gaps(start, end):
             for piece in aligned_pieces(gap, self._limits.range_unit):

@@ -12,6 +12,7 @@ import tempfile
 import click
 
 from fusefs import logs
+from fusefs.cache.store import CacheLimits
 from fusefs.config import SETTINGS, ConfigError, Value, merge
 from fusefs.data.reader import ReadLimits
 from fusefs.fs.prefetch import prefetch as run_prefetch
@@ -85,6 +86,9 @@ def mount(mountpoint, config, foreground, log_file, **flags):
         read_limits=ReadLimits(deadline=values["read_timeout"].value),
         allow_other=values["allow_other"].value,
         metrics=values["metrics"].value,
+        cache_dir=values["cache_dir"].value,
+        cache_limits=CacheLimits(size=values["cache_size"].value,
+                                 min_free=values["cache_min_free"].value),
     )
     if not foreground:
         sys.exit(_start_in_background(mountpoint, log_file))
@@ -191,7 +195,7 @@ def config_show(config, **flags):
 def status(mountpoint, as_json):
     """Show a running mount: settings, open files and where each came from.
 
-    Markers: ⚡ local region, ⇄ peer region, blank: public CDN.
+    Markers: ⚡ local region, ⇄ peer region, ● whole in the disk cache, blank: public CDN.
 
     \b
     Example:
@@ -216,6 +220,11 @@ def status(mountpoint, as_json):
                f"({mem['evictions']} evictions)")
     click.echo(f"streams  {state['stream_reopens']} reopens   probes: "
                + (", ".join(f"{k} {v}" for k, v in sorted(state["probes"].items())) or "0"))
+    if cache := state.get("cache"):
+        click.echo(f"cache    {_human(cache['used'])} of {_human(cache['limit'])} in "
+                   f"{cache['dir']}   hits {_human(cache['hit_bytes'])}, "
+                   f"misses {_human(cache['miss_bytes'])}, {cache['evictions']} evictions, "
+                   f"{cache['sealed']} files verified")
     if state["errors"]:
         click.echo("errors   " + ", ".join(f"{k} {v}" for k, v in sorted(state["errors"].items())))
     click.echo(f"files    {state['files_open']} with a data path")

@@ -7,19 +7,23 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
 
+from fusefs.cache.listings import load_listing, save_listing
+from fusefs.cache.source import FileCache, serving
+from fusefs.cache.store import DEFAULT_CACHE_SIZE, CacheLimits, DiskCache
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
 from fusefs.data.reader import ReadLimits
 from fusefs.fs import systemd
 from fusefs.fs.ops import ModelFS
 from fusefs.fs.status import serve_metrics
 from fusefs.fs.tree import Tree
-from fusefs.hub.client import HubClient, HubError, RepoSpec
+from fusefs.hub.client import HubClient, HubError, RepoNotFound, RepoSpec, Snapshot
 from fusefs.hub.resolve import Resolver
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ class MountSettings:
     allow_other: bool = False
     read_ahead_kb: int = READ_AHEAD_KB
     metrics: str | None = None  # HOST:PORT for the Prometheus endpoint
+    cache_dir: str | None = None  # persistent block cache shared by mounts on this node
+    cache_limits: CacheLimits | None = None
 
 
 def check_mountpoint(path: str) -> str:
@@ -112,21 +118,20 @@ def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: No
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
     async with HubClient(settings.hub, token=settings.token) as hub, \
             DataClient(memory_budget=settings.memory_budget,
-                       read_limits=settings.read_limits) as data:
+                       read_limits=settings.read_limits) as data, \
+            _open_cache(settings) as cache:
         region = settings.region or await hub.detect_region()
         tree = Tree()
         for spec in settings.repos:
-            try:
-                snap = await hub.snapshot(spec.repo, spec.revision)
-            except HubError as e:
-                raise MountError(str(e)) from None
+            snap = await _pin(hub, spec, settings.cache_dir)
             tree.add_snapshot(snap)
             log.info("pinned %s@%s at %s (%d files)", spec.repo, spec.revision,
                      snap.commit[:12], len(snap.files))
         view = {"mountpoint": mountpoint, "hub": settings.hub, "region": region,
                 "inter_regions": list(settings.peers), "memory_budget": settings.memory_budget,
-                "read_timeout": settings.read_limits.deadline, "metrics": settings.metrics}
-        ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data, view)
+                "read_timeout": settings.read_limits.deadline, "metrics": settings.metrics,
+                "cache_dir": settings.cache_dir}
+        ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data, view, cache)
         if settings.metrics:
             try:
                 serve_metrics(ops, ops.registry, settings.metrics)
@@ -154,6 +159,42 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
                 if e.errno not in (errno.EINVAL, errno.ENOENT):
                     raise
             log.info("unmounted %s", mountpoint)
+
+
+async def _pin(hub: HubClient, spec: RepoSpec, cache_dir: str | None) -> Snapshot:
+    """The repo's listing from the hub; with the hub down, the one the cache kept."""
+    try:
+        snap = await hub.snapshot(spec.repo, spec.revision)
+    except HubError as e:
+        kept = load_listing(cache_dir, spec) if cache_dir and not isinstance(e, RepoNotFound) \
+            else None
+        if kept is None:
+            raise MountError(str(e)) from None
+        log.warning("%s; using the listing kept in the cache (commit %s)", e, kept.commit[:12])
+        return kept
+    if cache_dir is not None:
+        try:
+            save_listing(cache_dir, snap)
+        except OSError as e:
+            log.warning("could not keep the listing of %s in the cache: %s", spec.repo, e)
+    return snap
+
+
+@asynccontextmanager
+async def _open_cache(settings: MountSettings) -> AsyncIterator[FileCache | None]:
+    if settings.cache_dir is None:
+        yield None
+        return
+    disk = DiskCache(settings.cache_dir, settings.cache_limits or CacheLimits(DEFAULT_CACHE_SIZE))
+    try:
+        await trio.to_thread.run_sync(disk.open)
+    except OSError as e:
+        raise MountError(f"cache directory {settings.cache_dir}: {e.strerror or e}") from None
+    try:
+        async with serving(disk) as cache:
+            yield cache
+    finally:
+        disk.close()
 
 
 async def _announce(mountpoint: str, settings: MountSettings, region: str | None,

@@ -21,9 +21,11 @@ import pyfuse3
 import trio
 from prometheus_client import CollectorRegistry
 
+from fusefs.cache.entry import EntryError
+from fusefs.cache.source import CachedSource, FileCache
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError, DeadlineError, GoneError, TransientError
-from fusefs.data.reader import FileReader
+from fusefs.data.reader import FileReader, RangeSource
 from fusefs.fs.status import STATUS_XATTR, ReadTimings, snapshot
 from fusefs.fs.tree import Node, Tree
 from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound, valid_repo_part
@@ -64,17 +66,23 @@ class OpenFile:
     reresolved: bool = False
     switching: trio.Lock = field(default_factory=trio.Lock)
 
+    @property
+    def cached(self) -> CachedSource | None:
+        source = self.reader.source
+        return source if isinstance(source, CachedSource) else None
+
 
 class ModelFS(pyfuse3.Operations):
     supports_dot_lookup = False
 
     def __init__(self, tree: Tree, hub: HubClient, resolver: Resolver, data: DataClient,
-                 settings_view: dict | None = None):
+                 settings_view: dict | None = None, cache: FileCache | None = None):
         super().__init__()
         self.tree = tree
         self.hub = hub
         self.resolver = resolver
         self.data = data
+        self.cache = cache
         self.settings_view = settings_view or {}
         self.started = time.monotonic()
         self.errors: Counter[str] = Counter()
@@ -192,6 +200,8 @@ class ModelFS(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         opened = await self._open_file(node)
+        if opened.handles == 0 and opened.cached is not None:
+            opened.cached.resume()
         opened.handles += 1
         fh = next(self._fh)
         self._handles[fh] = opened
@@ -206,10 +216,16 @@ class ModelFS(pyfuse3.Operations):
         self._opening[node.inode] = done = trio.Event()
         snap, f = node.snapshot, node.file
         try:
-            resolution = await self.resolver.resolve(snap.repo, snap.commit, f.path)
-            reader = self.data.open_reader(resolution.location, f.size,
-                                           name=f"{snap.repo}/{f.path}")
-        except (HubError, DataError, ValueError) as e:
+            if self.cache is not None and self.cache.sealed(self._cache_key(node), f.size,
+                                                            f.sha256):
+                # Whole and verified on local disk: no hub, no network for this file.
+                resolution = Resolution("cache", "", "file://" + self.cache.disk.path_of(
+                    self._cache_key(node)))
+                reader = self._reader(node, None)
+            else:
+                resolution = await self.resolver.resolve(snap.repo, snap.commit, f.path)
+                reader = self._reader(node, self.data.open_source(resolution.location, f.size))
+        except (HubError, DataError, ValueError, OSError, EntryError) as e:
             log.warning("open %s/%s: %s", snap.repo, f.path, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
@@ -218,6 +234,19 @@ class ModelFS(pyfuse3.Operations):
         opened = self.files[node.inode] = OpenFile(node, resolution, reader,
                                                    opened_at=time.monotonic())
         return opened
+
+    def _cache_key(self, node: Node) -> str:
+        return self.cache.key(node.file.sha256, str(node.snapshot.repo), node.snapshot.commit,
+                              node.file.path)
+
+    def _reader(self, node: Node, network: RangeSource | None) -> FileReader:
+        """A reader for this file over `network`, through the disk cache when there is one."""
+        f = node.file
+        name = f"{node.snapshot.repo}/{f.path}"
+        if self.cache is None:
+            return self.data.reader(network, f.size, name)
+        source = self.cache.source(self._cache_key(node), f.size, f.sha256, network)
+        return self.data.reader(source, f.size, name, align=source.block_size)
 
     @guarded
     async def read(self, fh, off, size):
@@ -259,7 +288,9 @@ class ModelFS(pyfuse3.Operations):
             if opened.reader is not failed:
                 return True  # another reader already switched
             res = opened.resolution
-            if isinstance(error, GoneError) and not opened.reresolved:
+            if isinstance(error, GoneError) and res.source == "cache":
+                pass  # a sealed file lost a block: fetch from the network from now on
+            elif isinstance(error, GoneError) and not opened.reresolved:
                 opened.reresolved = True
             elif isinstance(error, TransientError) and res.source != "cdn":
                 opened.failed_regions |= {res.region}
@@ -269,8 +300,8 @@ class ModelFS(pyfuse3.Operations):
             try:
                 new = await self.resolver.resolve(snap.repo, snap.commit, f.path,
                                                   exclude=opened.failed_regions)
-                reader = self.data.open_reader(new.location, f.size, name=failed.name)
-            except (HubError, DataError, ValueError) as e:
+                reader = self._reader(opened.node, self.data.open_source(new.location, f.size))
+            except (HubError, DataError, ValueError, OSError, EntryError) as e:
                 log.warning("%s: no other source after %s: %s", failed.name, error, e)
                 return False
             log.warning("%s: %s failed (%s); now %s", failed.name, _describe(res), error,
@@ -284,6 +315,8 @@ class ModelFS(pyfuse3.Operations):
         opened = self._handles.pop(fh, None)
         if opened is not None:
             opened.handles -= 1  # the stream stays for the next open; it idles out by itself
+            if opened.handles == 0 and opened.cached is not None:
+                opened.cached.pause()  # closed files may be evicted from the disk cache
 
     @guarded
     async def flush(self, fh):

@@ -33,6 +33,8 @@ def snapshot(fs) -> dict:
     files = []
     for opened in list(fs.files.values()):  # a copy: the metrics thread reads it too
         src = opened.reader.source
+        if opened.cached is not None:
+            src = opened.cached.network  # the transport's counters, when it has one
         counters = getattr(src, "counters", None)
         files.append({
             "path": opened.reader.name,
@@ -65,6 +67,7 @@ def snapshot(fs) -> dict:
                    "evictions": fs.data.budget.evictions},
         "errors": dict(fs.errors),
         "read_sizes": dict(fs.read_sizes.most_common(5)),
+        "cache": _cache_state(fs.cache),
         "files": [],
         "files_not_listed": len(files),
     }
@@ -77,6 +80,14 @@ def snapshot(fs) -> dict:
         state["files"].append(f)
     state["files_not_listed"] = len(files) - len(state["files"])
     return state
+
+
+def _cache_state(cache) -> dict | None:
+    if cache is None:
+        return None
+    disk = cache.disk
+    return {"dir": str(disk.root.parent), "limit": disk.limits.size,
+            "min_free": disk.limits.min_free, "used": disk.used, **disk.stats.view()}
 
 
 class _Collector:
@@ -110,6 +121,24 @@ class _Collector:
         memory.add_metric(["in_use"], state["memory"]["in_use"])
         memory.add_metric(["limit"], state["memory"]["limit"])
         yield memory
+        if cache := state["cache"]:
+            moved = CounterMetricFamily("modelfs_cache_bytes",
+                                        "Disk cache traffic: hit (served from disk), miss "
+                                        "(fetched through it), written, evicted",
+                                        labels=["kind"])
+            for kind in ("hit", "miss", "written", "evicted"):
+                moved.add_metric([kind], cache[f"{kind}_bytes"])
+            yield moved
+            yield CounterMetricFamily("modelfs_cache_evictions", "Files evicted from the disk cache",
+                                      value=cache["evictions"])
+            yield CounterMetricFamily("modelfs_cache_damaged_blocks",
+                                      "Cached blocks that failed their checksum (refetched)",
+                                      value=cache["damaged_blocks"])
+            used = GaugeMetricFamily("modelfs_cache_disk_bytes", "Disk cache size",
+                                     labels=["state"])
+            used.add_metric(["used"], cache["used"])
+            used.add_metric(["limit"], cache["limit"])
+            yield used
         yield GaugeMetricFamily("modelfs_open_files", "Files with a data path",
                                 value=state["files_open"])
 

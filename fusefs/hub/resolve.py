@@ -32,13 +32,13 @@ from fusefs.hub.client import Answer, HubClient, HubError, RepoId
 
 log = logging.getLogger(__name__)
 
-MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " "}
+MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●"}
 _CDN = ""  # the winner value meaning "no region had it internally"
 
 
 @dataclass(frozen=True)
 class Resolution:
-    source: str  # local | peer | cdn
+    source: str  # local | peer | cdn | cache (whole and verified on local disk)
     region: str  # the region whose endpoint serves it ("" for the public path)
     location: str
 

@@ -1,0 +1,303 @@
+"""A file's ranges served from its cache entry; missing blocks fetched once, then stored.
+
+`CachedSource` is the `RangeSource` a reader gets when a cache is configured. The
+reader asks for whole blocks only (it aligns its ranges to the cache's block
+size). For each range:
+
+* every block on disk and intact: fed from disk by a worker thread, which checks
+  each block's CRC32C the first time this process reads it;
+* some blocks missing: they are claimed (a lock other processes see), fetched from
+  the network source, fed to the reader as they arrive, then written to the entry;
+* claimed by another process: wait for its bytes, then read them from disk; a claim
+  held longer than `claim_wait` is taken as stuck and the blocks are fetched anyway.
+
+With no network source (a sealed file, opened without asking the hub), a missing or
+damaged block raises GoneError: the mount then resolves the file and retries with
+the network. A failing cache disk never fails a read that the network can serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from fusefs.cache.entry import Entry, Layout
+from fusefs.cache.store import DiskCache, cache_key
+from fusefs.data.errors import DataError, DeadlineError, GoneError
+from fusefs.data.ranges import RangeRead, trio_waker
+from fusefs.data.reader import RangeSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int
+    end: int
+    blocks: range
+    on_disk: bool
+
+
+def segments(layout: Layout, blocks: range, present: list[bool]) -> list[Segment]:
+    """Runs of consecutive blocks that are all on disk or all missing, in order."""
+    out: list[Segment] = []
+    run_start = blocks.start
+    for i in range(1, len(blocks) + 1):
+        if i == len(blocks) or present[i] != present[i - 1]:
+            run = range(run_start, blocks.start + i)
+            out.append(Segment(layout.block_span(run.start)[0], layout.block_span(run.stop - 1)[1],
+                               run, present[i - 1]))
+            run_start = blocks.start + i
+    return out
+
+
+class CachedSource:
+    def __init__(self, cache: DiskCache, key: str, size: int, sha256: str | None,
+                 network: RangeSource | None, nursery: trio.Nursery,
+                 wake: Callable[[Callable[[], None]], None]):
+        self.block_size = cache.limits.block_size
+        self.network = network
+        self._cache = cache
+        self._key, self._size, self._sha256 = key, size, sha256
+        self._entry: Entry = cache.open_entry(key, size, sha256)
+        self._held = True  # this process keeps the entry from eviction
+        self._nursery = nursery
+        self._wake = wake
+        self._subs: dict[RangeRead, list[RangeRead]] = {}
+        self._tasks = 0
+        self._paused = self._closed = self._sealing = self._stored_since_check = False
+        self._disk_bytes = 0
+
+    @property
+    def path(self) -> str:
+        return self._entry.path
+
+    @property
+    def progress(self) -> int:
+        return self._disk_bytes + (self.network.progress if self.network else 0)
+
+    def submit(self, ranges: list[RangeRead]) -> None:
+        for rr in ranges:
+            self._tasks += 1
+            self._nursery.start_soon(self._serve, rr)
+
+    def abandon(self, rr: RangeRead) -> None:
+        for sub in self._subs.pop(rr, ()):
+            self.network.abandon(sub)
+            if sub is not rr:
+                sub.fail(DeadlineError("abandoned"))
+
+    def close(self) -> None:
+        self._closed = True
+        if self.network is not None:
+            self.network.close()
+        self._let_go()
+
+    def pause(self) -> None:
+        """No handle is open: the entry may be evicted once nothing is in flight."""
+        self._paused = True
+        self._let_go()
+
+    def resume(self) -> None:
+        """A handle is open again; an entry evicted meanwhile is replaced by a fresh one."""
+        self._paused = False
+        if not self._held:
+            if not self._entry.resume():
+                self._entry.close()
+                self._entry = self._cache.open_entry(self._key, self._size, self._sha256)
+            self._held = True
+
+    def _let_go(self) -> None:
+        if self._tasks:
+            return  # the last task to finish comes back here
+        if self._closed:
+            self._entry.close()
+        elif self._paused and self._held:
+            self._entry.pause()
+            self._held = False
+
+    # -- one range -------------------------------------------------------------
+
+    async def _serve(self, rr: RangeRead) -> None:
+        try:
+            await self._fill(rr)
+        except DataError as e:
+            rr.fail(e)
+        except Exception as e:
+            log.exception("cache %s: range %r failed", self._entry.path, rr)
+            rr.fail(DataError(f"cache: {e.__class__.__name__}: {e}"))
+        except BaseException:
+            rr.fail(DataError("cache: shutting down"))
+            raise
+        finally:
+            self._subs.pop(rr, None)
+            self._tasks -= 1
+            self._let_go()
+
+    async def _fill(self, rr: RangeRead) -> None:
+        entry = self._entry
+        layout = entry.layout
+        blocks = layout.block_range(rr.offset, rr.end)
+        if (layout.block_span(blocks.start)[0], layout.block_span(blocks.stop - 1)[1]) != \
+                (rr.offset, rr.end):
+            raise DataError(f"cache: range {rr!r} is not whole blocks")
+        waiting_since = None
+        pause = 0.002
+        while not rr.settled:
+            present = entry.present(blocks)
+            if all(present):
+                if await self._from_disk(entry, rr, rr.offset, rr.end):
+                    return
+                continue  # a damaged block was forgotten: it is missing now
+            if self.network is None:
+                raise GoneError(f"cache: {self._key} is not all on disk")
+            missing = [s.blocks for s in segments(layout, blocks, present) if not s.on_disk]
+            if _claim_all(entry, missing):
+                try:
+                    if entry.present(blocks) == present:  # nobody stored any meanwhile
+                        await self._fetch(entry, rr, blocks, present)
+                        return
+                finally:
+                    for run in missing:
+                        entry.release(run)
+                continue
+            now = trio.current_time()
+            if waiting_since is None:
+                waiting_since = now
+                self._cache.stats.add(waits=1)
+            elif now - waiting_since > self._cache.limits.claim_wait:
+                log.warning("cache %s: blocks claimed for %.0fs by another process; fetching them",
+                            self._key, now - waiting_since)
+                await self._fetch(entry, rr, blocks, present)
+                return
+            await trio.sleep(pause * random.uniform(0.5, 1.5))  # jitter: no lockstep retries
+            pause = min(pause * 2, 0.05)
+
+    async def _from_disk(self, entry: Entry, rr: RangeRead, start: int, end: int) -> bool:
+        try:
+            data = await trio.to_thread.run_sync(entry.read, start, end)
+        except OSError as e:
+            log.warning("cache %s: read failed (%s); fetching instead", self._key, e)
+            data = None
+        if data is None:
+            self._cache.stats.add(damaged_blocks=1)
+            return False
+        self._disk_bytes += len(data)
+        self._cache.stats.add(hit_bytes=len(data))
+        rr.feed(start, data)
+        return True
+
+    async def _fetch(self, entry: Entry, rr: RangeRead, blocks: range, present: list[bool]):
+        parts = segments(entry.layout, blocks, present)
+        if len(parts) == 1:  # all missing: the reader's range goes to the network as it is
+            self._subs[rr] = [rr]
+            self.network.submit([rr])
+            await rr.wait_until(rr.end)
+            await self._store(entry, rr, blocks)
+            return
+        subs = {p.start: RangeRead(p.start, p.end - p.start, self._wake)
+                for p in parts if not p.on_disk}
+        self._subs[rr] = list(subs.values())
+        self.network.submit(list(subs.values()))
+        for part in parts:
+            if part.on_disk and await self._from_disk(entry, rr, part.start, part.end):
+                continue
+            sub = subs.get(part.start)
+            if sub is None:  # was on disk a moment ago, damaged now: fetch it as well
+                sub = RangeRead(part.start, part.end - part.start, self._wake)
+                self._subs[rr].append(sub)
+                self.network.submit([sub])
+            await _forward(sub, rr)
+            await self._store(entry, sub, part.blocks)
+
+    async def _store(self, entry: Entry, src: RangeRead, blocks: range) -> None:
+        start, end = entry.layout.block_span(blocks.start)[0], entry.layout.block_span(blocks.stop - 1)[1]
+        pieces = src.view(start, end)
+        self._cache.stats.add(miss_bytes=end - start)
+        try:
+            if not await trio.to_thread.run_sync(self._write, entry, start, pieces, blocks):
+                return
+            self._stored_since_check = True
+            if not self._sealing:
+                await self._try_seal(entry)
+        except OSError as e:  # the reader already has its bytes; the disk is not its problem
+            log.warning("cache %s: not stored (%s)", self._key, e)
+
+    async def _try_seal(self, entry: Entry) -> None:
+        """Seal the entry once its last block is stored: one check at a time, and again
+        after any block stored while a check ran (that block may have been the last)."""
+        self._sealing = True
+        try:
+            while self._stored_since_check:
+                self._stored_since_check = False
+                sealed = await trio.to_thread.run_sync(entry.verify_and_seal)
+                if sealed is True:
+                    self._cache.stats.add(sealed=1)
+                    log.info("cache: %s complete and verified", self._key)
+                elif sealed is False:
+                    self._cache.stats.add(rejected=1)
+                    log.error("cache: %s does not match its sha256; its blocks are discarded",
+                              self._key)
+        finally:
+            self._sealing = False
+
+    def _write(self, entry: Entry, start: int, pieces: list, blocks: range) -> bool:
+        if not self._cache.reserve(sum(len(p) for p in pieces)):
+            return False
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._cache.stats.add(written_bytes=entry.write(start, data, blocks))
+        return True
+
+
+def _claim_all(entry: Entry, runs: list[range]) -> bool:
+    """Claim every run or none: never hold some while waiting for others."""
+    taken = []
+    for run in runs:
+        if not entry.claim(run):
+            for got in taken:
+                entry.release(got)
+            return False
+        taken.append(run)
+    return True
+
+
+async def _forward(sub: RangeRead, rr: RangeRead) -> None:
+    """Feed `rr` with `sub`'s bytes as they arrive (no copy: the same chunks)."""
+    pos = sub.offset
+    while pos < sub.end:
+        await sub.wait_until(pos + 1)
+        upto = sub.next_offset
+        for piece in sub.view(pos, upto):
+            rr.feed(pos, piece)
+            pos += len(piece)
+
+
+class FileCache:
+    """The cache as a mount uses it: the directory, and the nursery its range tasks run in."""
+
+    def __init__(self, disk: DiskCache, nursery: trio.Nursery):
+        self.disk = disk
+        self._nursery = nursery
+        self._wake = trio_waker()
+
+    def sealed(self, key: str, size: int, sha256: str | None) -> bool:
+        return self.disk.is_complete(key, size, sha256)
+
+    def source(self, key: str, size: int, sha256: str | None,
+               network: RangeSource | None) -> CachedSource:
+        return CachedSource(self.disk, key, size, sha256, network, self._nursery, self._wake)
+
+    key = staticmethod(cache_key)
+
+
+@asynccontextmanager
+async def serving(disk: DiskCache) -> AsyncIterator[FileCache]:
+    """Run an opened cache directory's range tasks for the lifetime of the block."""
+    async with trio.open_nursery() as nursery:
+        yield FileCache(disk, nursery)
+        nursery.cancel_scope.cancel()  # what is still being stored is simply not cached
