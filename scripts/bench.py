@@ -1,74 +1,152 @@
 """modelfs benchmark: one run, baselines measured side by side, ratios reported.
 
-Workloads (each against the same `modelfs serve` on loopback):
-  cold_seq      1 GiB read sequentially in 1 MiB blocks: mount vs raw client library
-  random        pread 4 KiB and 1 MiB from 4 threads through the mount (IOPS, MB/s, p50/p99)
-  warm          re-read of the same file after close/reopen (page cache kept) vs local disk
-  safetensors   4 shards loaded through a fresh mount by read and by mmap, vs the raw client
-                fetching the same bytes, and vs the same files on local disk (page cache)
+Systems (all on loopback, all reading the same files of one temp store):
+  mount    `modelfs mount` on `modelfs serve`
+  raw      the modelfs client library on the same server, no FUSE
+  local    the store's files read directly (cold: evicted from the page cache; warm: cached)
+  rclone   `rclone mount` (--vfs-cache-mode off) of nginx serving the store over HTTP;
+           rclone and nginx are installed with apt-get when missing, and their rows are
+           null when that is not possible
+
+Workloads:
+  cold_seq      1 GiB read sequentially in 1 MiB blocks: mount, raw, local, rclone
+  shards        a "model" of 4 safetensors shards read one after another: mount, raw, local, rclone
+  random        pread 4 KiB and 1 MiB from 1 and 4 threads (IOPS, MB/s, p50/p99): mount, rclone;
+                each run reads distinct blocks of a file its system has not read yet
+  safetensors   the 4 shards loaded by read and by mmap through fresh mounts (mount, rclone),
+                vs the raw client fetching the same bytes and the local files (page cache)
+  warm          re-read of the 1 GiB file after close/reopen (page cache kept) vs local
+  ttfb          open + first byte of cold files (p50/p95): 0 peers (mount, rclone), and 3 peers
+                (mount in a region holding nothing; the third peer holds the repo), counting probes
   shared        4 processes reading the 1 GiB file at once vs 1 process (cold, fresh mount)
-  ttfb          open + first byte of cold files (p50/p95), with 0 peers and with 3 peers
-                (mount in a region holding nothing; the third peer holds the repo)
-Writes a JSON report (--out) and prints a table.
+  store_vs_pump `modelfs serve` against a minimal gRPC byte pump, one stream
+  memory        peak RSS (VmHWM) of every mount process, read just before it is unmounted
+
+Writes a JSON report (--out), prints the numbers side by side, then each target of
+DESIGN.md §7 with the measured value and whether it was met. Everything started is
+stopped, unmounted and removed on the way out, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mounting import start_mount  # noqa: E402
-from servers import start_regions  # noqa: E402
+from servers import ServerHandle, start_regions  # noqa: E402
 
-from fusefs.data.client import DataClient  # noqa: E402
+from bench_report import Report, add_ratios, print_report, targets  # noqa: E402
+from bench_peers import (  # noqa: E402
+    RCLONE_FLAGS, PeerUnavailable, ensure_packages, find_binary, nginx_serving, rclone_mount,
+    unmount_all_under, version_line, vm_hwm_mib)
+from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient  # noqa: E402
 from fusefs.data.memory import tune_malloc  # noqa: E402
 from fusefs.hub.client import HubClient, RepoId  # noqa: E402
 
 MiB = 1 << 20
 REPO = RepoId("bench", "model")
-
-
-
-
-def make_store(root: Path, big: int, small_count: int) -> None:
-    repo = root / "bench" / "model"
-    repo.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with open(repo / "big.bin", "wb") as f:
-        left = big
-        while left:
-            n = min(left, 64 * MiB)
-            f.write(rng.bytes(n))
-            left -= n
-    for i in range(small_count):
-        (repo / f"small-{i:03d}.bin").write_bytes(rng.bytes(MiB))
-    with open(repo / "random.bin", "wb") as f:  # its own file, so random reads start cold
-        f.write(rng.bytes(256 * MiB))
-    from safetensors.numpy import save_file
-    for shard in range(1, SHARDS + 1):  # ~64 MiB each, as a "model" of four shards
-        tensors = {f"layers.{shard}.{i}.weight": rng.standard_normal((2048, 2048), dtype=np.float32)
-                   for i in range(4)}
-        save_file(tensors, str(repo / f"model-{shard:05d}-of-{SHARDS:05d}.safetensors"))
-
-
 SHARDS = 4
+SMALL_FILES = 40  # 1 MiB each: the first 20 for ttfb with no peers, the rest with 3 peers
+VERIFY_FILE = "small-039.bin"  # checked through every rclone mount; nothing there reads it later
+RANDOM_RUNS = ((4096, 1), (4096, 4), (MiB, 1), (MiB, 4))  # (block, threads)
+RANDOM_FILE_BYTES = {4096: 256 * MiB, MiB: 512 * MiB}
+MAIN_MOUNTS = ("main", "st-read", "st-mmap")  # the mounts that ran workloads cold_seq..safetensors
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, so stdout is the report alone."""
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --- the store ---------------------------------------------------------------------------
 
 
 def shard_names() -> list[str]:
     return [f"model-{i:05d}-of-{SHARDS:05d}.safetensors" for i in range(1, SHARDS + 1)]
+
+
+def random_name(block: int, threads: int) -> str:
+    return f"random-{block // 1024}k-x{threads}.bin"
+
+
+def write_random(path: Path, size: int, rng: np.random.Generator) -> None:
+    # random_raw is ~4x faster than Generator.bytes; the content only has to be incompressible
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 * MiB)
+            f.write(rng.bit_generator.random_raw(n // 8).tobytes())
+            left -= n
+
+
+def make_store(root: Path, big: int) -> Path:
+    """The repo bench/model under root; returns its directory."""
+    repo = root / "bench" / "model"
+    repo.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_random(repo / "big.bin", big, rng)
+    for i in range(SMALL_FILES):
+        write_random(repo / f"small-{i:03d}.bin", MiB, rng)
+    for block, threads in RANDOM_RUNS:  # one file per run, so each run starts cold
+        write_random(repo / random_name(block, threads), RANDOM_FILE_BYTES[block], rng)
+    from safetensors.numpy import save_file
+    for shard, name in enumerate(shard_names(), 1):  # ~64 MiB each
+        tensors = {f"layers.{shard}.{i}.weight": rng.standard_normal((2048, 2048), dtype=np.float32)
+                   for i in range(4)}
+        save_file(tensors, str(repo / name))
+    return repo
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache (flushed first: dirty pages would stay)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_sequential(path: Path, block: int = MiB) -> tuple[int, float]:
+    t = time.perf_counter()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(block):
+            total += len(chunk)
+    return total, time.perf_counter() - t
+
+
+def read_files_mb_s(paths: list[Path]) -> float:
+    """MB/s reading the files one after another, as a model load goes shard after shard."""
+    t = time.perf_counter()
+    total = sum(read_sequential(p)[0] for p in paths)
+    return total / (time.perf_counter() - t) / 1e6
 
 
 def load_shards(directory: Path, how: str) -> float:
@@ -151,31 +229,17 @@ def pump_vs_store(store_endpoint: str, size: int) -> dict:
     pump = subprocess.Popen([sys.executable, "-c", PUMP_SERVER, str(size)],
                             stdout=subprocess.PIPE, text=True)
     try:
+        assert pump.stdout is not None
         port = int(pump.stdout.readline())
         pump_mb_s = max(grpc_drain(f"127.0.0.1:{port}", "x", "x", size) for _ in range(2))
     finally:
         pump.kill()
         pump.wait()
+        if pump.stdout:
+            pump.stdout.close()
     store_mb_s = max(grpc_drain(store_endpoint, "home", "bench/model/big.bin", size)
                      for _ in range(2))
     return {"pump_mb_s": pump_mb_s, "store_mb_s": store_mb_s, "ratio": store_mb_s / pump_mb_s}
-
-
-def drop_page_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def read_sequential(path: Path, block: int = MiB) -> tuple[int, float]:
-    t = time.perf_counter()
-    total = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(block):
-            total += len(chunk)
-    return total, time.perf_counter() - t
 
 
 async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) -> float:
@@ -195,163 +259,321 @@ async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) ->
         return time.perf_counter() - t
 
 
-def random_preads(path: Path, size: int, block: int, threads: int, seconds: float) -> dict:
-    latencies: list[float] = []
-    lock = threading.Lock()
+def random_preads(path: Path, size: int, block: int, threads: int, seconds: float,
+                  seed: int) -> dict:
+    """pread of random, distinct, block-aligned blocks of a file this system has not read.
+
+    No block is read twice, so a read is served from memory only when the system brought
+    it in ahead of time (read-ahead), never because an earlier read left it cached. A run
+    stops after `seconds`, or sooner once every block has been read. The same seed gives
+    every system the same offsets.
+    """
+    slots = list(range(0, size - block + 1, block))
+    random.Random(seed).shuffle(slots)
+    latencies: list[list[float]] = [[] for _ in range(threads)]
     stop = time.perf_counter() + seconds
 
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        mine = []
+    def worker(i: int) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
-            while time.perf_counter() < stop:
-                off = rng.randrange(0, size - block) // 4096 * 4096
+            for off in slots[i::threads]:
+                if time.perf_counter() >= stop:
+                    break
                 t = time.perf_counter()
-                os.pread(fd, block, off)
-                mine.append(time.perf_counter() - t)
+                n = len(os.pread(fd, block, off))
+                latencies[i].append(time.perf_counter() - t)
+                if n != block:
+                    raise RuntimeError(f"{path}: short read at {off}: {n} of {block} bytes")
         finally:
             os.close(fd)
-        with lock:
-            latencies.extend(mine)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(worker, range(threads)))
     elapsed = time.perf_counter() - t0
-    latencies.sort()
-    n = len(latencies)
+    merged = sorted(x for mine in latencies for x in mine)
+    n = len(merged)
     return {
-        "block": block, "threads": threads, "ops": n, "iops": n / elapsed,
-        "mb_s": n * block / elapsed / 1e6,
-        "p50_ms": latencies[n // 2] * 1e3, "p99_ms": latencies[min(n - 1, n * 99 // 100)] * 1e3,
+        "block": block, "threads": threads, "ops": n, "seconds": elapsed,
+        "all_blocks_read": n == len(slots), "iops": n / elapsed, "mb_s": n * block / elapsed / 1e6,
+        "p50_ms": merged[n // 2] * 1e3, "p99_ms": merged[min(n - 1, n * 99 // 100)] * 1e3,
     }
+
+
+def open_first_byte(path: Path) -> float:
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        f.read(1)
+    return time.perf_counter() - t
 
 
 def ttfb(paths: list[Path]) -> dict:
     """Open + first byte of each (cold) file, one after another."""
-    samples = []
-    for p in paths:
-        t = time.perf_counter()
-        with open(p, "rb", buffering=0) as f:
-            f.read(1)
-        samples.append(time.perf_counter() - t)
-    samples.sort()
+    samples = sorted(open_first_byte(p) for p in paths)
     return {"files": len(samples), "p50_ms": statistics.median(samples) * 1e3,
             "p95_ms": samples[int(len(samples) * 0.95) - 1] * 1e3}
 
 
+# --- the systems under test --------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    work: Path
+    store: Path  # what modelfs serve and nginx both serve: <store>/bench/model/...
+    server: ServerHandle
+    seconds: float
+    peer_url: str | None = None  # nginx; None when the rclone baseline is skipped
+    hwm: dict[str, float | None] = field(default_factory=dict)  # mount process peak RSS, MiB
+
+    @property
+    def local(self) -> Path:
+        return self.store / "bench" / "model"
+
+    @contextmanager
+    def modelfs(self, label: str, *args: str) -> Iterator[Path]:
+        """A fresh `modelfs mount`; yields the repo directory in it."""
+        m = start_mount(self.work / f"mnt-{label}", self.server.hub, "--repo", "bench/model", *args)
+        try:
+            yield m.path / "bench" / "model"
+        finally:
+            self.hwm[label] = vm_hwm_mib(m.pid)  # before unmount: the process exits with it
+            m.unmount()
+
+    @contextmanager
+    def rclone(self, label: str) -> Iterator[Path]:
+        """A fresh `rclone mount` of nginx, checked to return the right bytes."""
+        assert self.peer_url is not None
+        with rclone_mount(self.peer_url, self.work / f"rclone-{label}", self.work / "rclone") as rm:
+            model = rm.path / "bench" / "model"
+            if sha256_of(model / VERIFY_FILE) != sha256_of(self.local / VERIFY_FILE):
+                raise PeerUnavailable(f"rclone mount returned wrong bytes for {VERIFY_FILE}")
+            try:
+                yield model
+            finally:
+                self.hwm[f"rclone-{label}"] = vm_hwm_mib(rm.proc.pid)
+
+
+def start_peer(cleanup: ExitStack, b: Bench, report: Report) -> None:
+    """nginx serving the store, for rclone to mount; on any obstacle, the rows go null."""
+    info = report["rclone"] = {"available": False, "skipped_because": None,
+                               "flags": RCLONE_FLAGS}
+    try:
+        ensure_packages({"rclone": "rclone", "nginx": "nginx"})
+        info["version"] = version_line([str(find_binary("rclone")), "version"])
+        info["nginx"] = version_line([str(find_binary("nginx")), "-v"])
+        nginx = cleanup.enter_context(nginx_serving(b.store, b.work / "nginx"))
+    except PeerUnavailable as e:
+        skip_peer(b, report, str(e))
+        return
+    b.peer_url = nginx.url
+    info["available"] = True
+
+
+def skip_peer(b: Bench, report: Report, reason: str) -> None:
+    print(f"bench: rclone baseline skipped, its rows are null: {reason}", flush=True)
+    report["rclone"].update(available=False, skipped_because=reason)
+    b.peer_url = None
+
+
+def streaming_suite(model: Path, local: Path, seconds: float) -> dict:
+    """Cold and warm sequential, shards, first bytes, random reads, on one fresh mount."""
+    size = (local / "big.bin").stat().st_size
+    n, t = read_sequential(model / "big.bin")
+    assert n == size, (n, size)
+    out: dict[str, Any] = {"cold_seq_mb_s": size / t / 1e6}
+    n, t = read_sequential(model / "big.bin")
+    out["warm_seq_mb_s"] = size / t / 1e6
+    out["shards_mb_s"] = read_files_mb_s([model / name for name in shard_names()])
+    out["ttfb"] = ttfb([model / f"small-{i:03d}.bin" for i in range(20)])
+    out["random"] = []
+    for block, threads in RANDOM_RUNS:
+        name = random_name(block, threads)
+        out["random"].append(random_preads(model / name, (local / name).stat().st_size,
+                                           block, threads, seconds, seed=block + threads))
+    return out
+
+
+def measure_baselines(b: Bench, report: Report) -> None:
+    size = report["size_bytes"]
+    log("store vs byte pump")
+    report["store_vs_pump"] = pump_vs_store(b.server.grpc["home"], size)
+    log("raw client")
+    report["raw_client_seq_mb_s"] = size / trio.run(raw_client_sequential, b.server.hub,
+                                                    ["big.bin"]) / 1e6
+    raw_shards_s = trio.run(raw_client_sequential, b.server.hub, shard_names())
+    shards = [b.local / name for name in shard_names()]
+    total = sum(p.stat().st_size for p in shards)
+    report["shards"] = {"files": SHARDS, "bytes": total, "raw_client_mb_s": total / raw_shards_s / 1e6}
+    report["safetensors"] = {"raw_client_fetch_s": raw_shards_s}
+    log("local disk")
+    evict(b.local / "big.bin")
+    report["local_cold_seq_mb_s"] = size / read_sequential(b.local / "big.bin")[1] / 1e6
+    for p in shards:
+        evict(p)
+    report["shards"]["local_cold_mb_s"] = read_files_mb_s(shards)
+    read_sequential(b.local / "big.bin")  # in the page cache: the best a disk cache can do
+    report["local_warm_seq_mb_s"] = size / read_sequential(b.local / "big.bin")[1] / 1e6
+
+
+def measure_streaming(b: Bench, report: Report) -> None:
+    log("mount: cold/warm sequential, shards, first bytes, random reads")
+    with b.modelfs("main", "--region", "home") as model:
+        mine = streaming_suite(model, b.local, b.seconds)
+    theirs: dict[str, Any] = {}
+    report["random"] = {}
+    if b.peer_url:
+        log("rclone: cold/warm sequential, shards, first bytes, random reads")
+        try:
+            with b.rclone("main") as model:
+                theirs = streaming_suite(model, b.local, b.seconds)
+        except PeerUnavailable as e:
+            skip_peer(b, report, str(e))
+    for system, got in (("mount", mine), ("rclone", theirs)):
+        report[f"{system}_cold_seq_mb_s"] = got.get("cold_seq_mb_s")
+        report[f"{system}_warm_seq_mb_s"] = got.get("warm_seq_mb_s")
+        report["shards"][f"{system}_mb_s"] = got.get("shards_mb_s")
+        report["random"][system] = got.get("random")
+    report["ttfb_0_peers"] = mine["ttfb"]
+    report["rclone_ttfb"] = theirs.get("ttfb")
+
+
+def measure_safetensors(b: Bench, report: Report) -> None:
+    st = report["safetensors"]
+    for how in ("read", "mmap"):
+        log(f"safetensors by {how}")
+        with b.modelfs(f"st-{how}", "--region", "home") as model:
+            st[f"mount_{how}_s"] = load_shards(model, how)
+        st[f"rclone_{how}_s"] = None
+        if b.peer_url:
+            with b.rclone(f"st-{how}") as model:
+                st[f"rclone_{how}_s"] = load_shards(model, how)
+        load_shards(b.local, how)  # warm the local files
+        st[f"local_{how}_s"] = load_shards(b.local, how)
+
+
+def measure_shared(b: Bench, report: Report) -> None:
+    log("4 readers of one file")
+    with b.modelfs("shared", "--region", "home") as model:
+        report["shared_4_readers_s"] = concurrent_readers(model / "big.bin", 4)
+    report["shared_1_reader_s"] = report["size_bytes"] / (report["mount_cold_seq_mb_s"] * 1e6)
+
+
+def measure_peers(b: Bench, report: Report) -> None:
+    """First bytes through 3 peer regions, and the probes it takes to open every file."""
+    log("3 peers: first bytes and probes")
+    peers = ["p1", "p2", "p3"]
+    with b.modelfs("peers", "--region", "away", "--inter-regions", ",".join(peers)) as model:
+        files = sorted(model.iterdir())  # listed before counting: probes are per open
+        b.server.reset_stats()
+        smalls = [model / f"small-{i:03d}.bin" for i in range(20, SMALL_FILES)]
+        report["ttfb_3_peers"] = ttfb(smalls)
+        for path in files:
+            if path not in smalls:
+                open_first_byte(path)
+        probes = sum(b.server.stats()["probes"].values())
+    report["probes"] = {"files": len(files), "peers": len(peers), "probes": probes}
+
+
+# --- running it all ----------------------------------------------------------------------
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through every cleanup
+
+
+@contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Cleanup runs to the end even when Ctrl-C is pressed again."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = [signal.signal(s, signal.SIG_IGN) for s in sigs]
+    try:
+        yield
+    finally:
+        for s, handler in zip(sigs, old):
+            signal.signal(s, handler)
+
+
+def quietly(what: str, fn: Callable[[], object]) -> None:
+    """Run one cleanup step; a failure is reported and the next steps still run."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - cleanup must go on
+        print(f"bench: cleanup: {what} failed: {e}", file=sys.stderr)
+
+
+def remove_workdir(work: Path) -> None:
+    left = unmount_all_under(work)
+    if left:
+        print(f"bench: cleanup: lazily unmounted {', '.join(left)}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
+    work = Path(tempfile.mkdtemp(prefix="modelfs-bench-"))
+    cleanup.callback(quietly, f"removing {work}", lambda: remove_workdir(work))
+    log(f"writing the store in {work}")
+    store = work / "store"
+    make_store(store, report["size_bytes"])
+    # home holds the repo; of three peers only the last does
+    server = start_regions(store, {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"],
+                                   "p3": ["bench/*"]})
+    cleanup.callback(quietly, "stopping modelfs serve", server.stop)
+    b = Bench(work, store, server, args.seconds)
+    start_peer(cleanup, b, report)
+    measure_baselines(b, report)
+    measure_streaming(b, report)
+    measure_safetensors(b, report)
+    measure_shared(b, report)
+    measure_peers(b, report)
+    record_memory(b, report)
+
+
+def record_memory(b: Bench, report: Report) -> None:
+    """Peak RSS of each mount process; the headline is the max over the mounts that ran
+    the sequential, shard, random and safetensors workloads."""
+    by_mount = report["mount_vm_hwm_mib_by_mount"] = {
+        k: v for k, v in b.hwm.items() if not k.startswith("rclone-")}
+    report["mount_vm_hwm_mib"] = max(
+        (v for k, v in by_mount.items() if k in MAIN_MOUNTS and v is not None), default=None)
+    rclone_hwm = [v for k, v in b.hwm.items() if k.startswith("rclone-") and v is not None]
+    report["rclone_vm_hwm_mib"] = max(rclone_hwm, default=None)
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the big file")
-    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each random-read run")
+    ap.add_argument("--seconds", type=float, default=5.0,
+                    help="longest duration of each random-read run")
     ap.add_argument("--out", default="bench-out/report.json")
     args = ap.parse_args()
+    started = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     tune_malloc()  # as the modelfs command does, so the raw client is measured at its best
-    size = args.size_mib * MiB
-    report: dict = {"size_bytes": size}
-    with tempfile.TemporaryDirectory(prefix="modelfs-bench-") as tmp:
-        work = Path(tmp)
-        store = work / "store"
-        make_store(store, size, small_count=40)
-        local = store / "bench" / "model" / "big.bin"
-        # home holds the repo; of three peers only the last does
-        server = start_regions(store, {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"],
-                                       "p3": ["bench/*"]})
-        try:
-            report["store_vs_pump"] = pump_vs_store(server.grpc["home"], size)
-            # raw client library, no FUSE
-            raw_t = trio.run(raw_client_sequential, server.hub, ["big.bin"])
-            report["raw_client_seq_mb_s"] = size / raw_t / 1e6
-            # cold through a fresh mount
-            m = start_mount(work / "mnt", server.hub, "--repo", "bench/model", "--region", "home")
-            try:
-                model = m.path / "bench" / "model"
-                big = model / "big.bin"
-                n, t = read_sequential(big)
-                assert n == size
-                report["mount_cold_seq_mb_s"] = size / t / 1e6
-                n, t = read_sequential(big)
-                report["mount_warm_seq_mb_s"] = size / t / 1e6
-                read_sequential(local)  # local file in page cache: the best a disk cache can do
-                n, t = read_sequential(local)
-                report["local_warm_seq_mb_s"] = size / t / 1e6
-                report["ttfb_0_peers"] = ttfb(sorted(model.glob("small-*.bin"))[:20])
-                rnd = model / "random.bin"
-                report["random"] = []
-                for block in (4096, MiB):
-                    drop_page_cache(rnd)
-                    report["random"].append(random_preads(rnd, 256 * MiB, block, 4, args.seconds))
-                with open(f"/proc/{m.pid}/status") as f:
-                    report["mount_vm_hwm_mib"] = next(
-                        int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
-            finally:
-                m.unmount()
-            st = report["safetensors"] = {
-                "raw_client_fetch_s": trio.run(raw_client_sequential, server.hub, shard_names())}
-            for how in ("read", "mmap"):
-                m = start_mount(work / f"mnt-{how}", server.hub, "--repo", "bench/model",
-                                "--region", "home")
-                try:
-                    st[f"mount_{how}_s"] = load_shards(m.path / "bench" / "model", how)
-                finally:
-                    m.unmount()
-                load_shards(store / "bench" / "model", how)  # warm the local files
-                st[f"local_{how}_s"] = load_shards(store / "bench" / "model", how)
-                st[f"ratio_mount_{how}_vs_raw"] = st[f"mount_{how}_s"] / st["raw_client_fetch_s"]
-            m = start_mount(work / "mnt-shared", server.hub, "--repo", "bench/model",
-                            "--region", "home")
-            try:
-                report["shared_4_readers_s"] = concurrent_readers(
-                    m.path / "bench" / "model" / "big.bin", 4)
-            finally:
-                m.unmount()
-            report["shared_1_reader_s"] = size / (report["mount_cold_seq_mb_s"] * 1e6)
-            report["ratio_4_readers_vs_1"] = report["shared_4_readers_s"] / report["shared_1_reader_s"]
-            m = start_mount(work / "mnt3", server.hub, "--repo", "bench/model", "--region",
-                            "away", "--inter-regions", "p1,p2,p3")
-            try:
-                report["ttfb_3_peers"] = ttfb(sorted((m.path / "bench" / "model").glob(
-                    "small-*.bin"))[20:])
-            finally:
-                m.unmount()
-        finally:
-            server.stop()
-    report["ratio_cold_mount_vs_raw"] = report["mount_cold_seq_mb_s"] / report["raw_client_seq_mb_s"]
-    report["ratio_warm_mount_vs_local"] = report["mount_warm_seq_mb_s"] / report["local_warm_seq_mb_s"]
+    report: Report = {"size_bytes": args.size_mib * MiB,
+                      "memory_budget_mib": DEFAULT_MEMORY_BUDGET / MiB}
+    cleanup = ExitStack()
+    try:
+        run(cleanup, args, report)
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping and removing what it started", file=sys.stderr)
+        return 130
+    finally:
+        with interrupts_ignored():
+            cleanup.close()
+    add_ratios(report)
+    ts = targets(report)
+    report["targets"] = [{"source": t.source, "what": t.what, "op": t.op, "bound": t.bound,
+                          "measured": t.measured, "met": t.met} for t in ts]
+    report["elapsed_s"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"{'workload':38} {'value':>12}")
-    sp = report["store_vs_pump"]
-    print(f"{'gRPC byte pump, one stream':38} {sp['pump_mb_s']:10.0f} MB/s")
-    print(f"{'modelfs serve, one stream':38} {sp['store_mb_s']:10.0f} MB/s")
-    print(f"{'  ratio serve/pump (target >= 0.8)':38} {sp['ratio']:12.2f}")
-    print(f"{'raw client, cold sequential':38} {report['raw_client_seq_mb_s']:10.0f} MB/s")
-    print(f"{'mount, cold sequential':38} {report['mount_cold_seq_mb_s']:10.0f} MB/s")
-    print(f"{'  ratio mount/raw (target >= 0.8)':38} {report['ratio_cold_mount_vs_raw']:12.2f}")
-    print(f"{'mount, warm re-read':38} {report['mount_warm_seq_mb_s']:10.0f} MB/s")
-    print(f"{'local file, page cache':38} {report['local_warm_seq_mb_s']:10.0f} MB/s")
-    print(f"{'  ratio warm/local (target >= 0.9)':38} {report['ratio_warm_mount_vs_local']:12.2f}")
-    for r in report["random"]:
-        label = f"random {r['block'] // 1024} KiB x{r['threads']} threads"
-        print(f"{label:38} "
-              f"{r['iops']:10.0f} IOPS {r['mb_s']:8.0f} MB/s p50 {r['p50_ms']:.2f} ms "
-              f"p99 {r['p99_ms']:.2f} ms")
-    for peers in (0, 3):
-        r = report[f"ttfb_{peers}_peers"]
-        print(f"{f'open + first byte, cold, {peers} peers':38} p50 {r['p50_ms']:.2f} ms "
-              f"p95 {r['p95_ms']:.2f} ms")
-    st = report["safetensors"]
-    print(f"{'safetensors, raw client fetch':38} {st['raw_client_fetch_s']:10.2f} s")
-    for how in ("read", "mmap"):
-        print(f"{f'safetensors by {how}, mount (cold)':38} {st[f'mount_{how}_s']:10.2f} s"
-              f"   local {st[f'local_{how}_s']:.2f} s")
-        print(f"{f'  ratio mount/raw ({how}; target <= 1.5)':38} "
-              f"{st[f'ratio_mount_{how}_vs_raw']:12.2f}")
-    print(f"{'4 readers of one file vs 1 (<= 1.5)':38} {report['ratio_4_readers_vs_1']:12.2f}")
-    print(f"{'mount peak RSS':38} {report['mount_vm_hwm_mib']:10.0f} MiB")
-    print(f"report: {out}")
+    print_report(report, ts)
+    print(f"\nreport: {out}")
+    print(f"total elapsed: {report['elapsed_s']:.0f} s")
     return 0
 
 
