@@ -81,7 +81,7 @@ def test_second_read_after_remount_fetches_nothing(store, tmp_path):
         with open(d / "f1.bin", "rb") as f:  # a random reader caches only what it reads
             for off in OFFSETS:
                 assert os.pread(f.fileno(), 4096, off) == sparse[off:off + 4096]
-        wait_for(lambda: m.status()["cache"]["sealed"] == 1, what="f0 sealed")
+        wait_for(lambda: m.status()["cache"]["sealed"] >= 1, what="f0 sealed")
     finally:
         m.unmount()
     assert os.path.getsize(entry_path(cache, sparse)) > 0
@@ -120,7 +120,7 @@ def test_a_sealed_file_reads_with_the_store_stopped(tmp_path):
         m = start_mount(tmp_path / "a", server.hub, *args)
         try:
             assert (m.path / "acme/m/kept.bin").read_bytes() == kept
-            wait_for(lambda: m.status()["cache"]["sealed"] == 1, what="sealed")
+            wait_for(lambda: m.status()["cache"]["sealed"] >= 1, what="sealed")
         finally:
             m.unmount()
         m = start_mount(tmp_path / "b", server.hub, *args)
@@ -154,7 +154,7 @@ def test_a_damaged_entry_is_detected_and_refetched_never_served(store, tmp_path)
     m = cache_mount(server, tmp_path / "a", "damaged", cache)
     try:
         assert (m.path / "acme/damaged/f0.bin").read_bytes() == data
-        wait_for(lambda: m.status()["cache"]["sealed"] == 1, what="sealed")
+        wait_for(lambda: m.status()["cache"]["sealed"] >= 1, what="sealed")
     finally:
         m.unmount()
     path = entry_path(cache, data)

@@ -71,6 +71,7 @@ class CachedSource:
         self._subs: dict[RangeRead, list[RangeRead]] = {}
         self._tasks = 0
         self._paused = self._closed = self._sealing = self._stored_since_check = False
+        self._sealed = False  # by this source (a sealed entry opened as such stores nothing)
         self._disk_bytes = 0
 
     @property
@@ -223,7 +224,7 @@ class CachedSource:
             if not await trio.to_thread.run_sync(self._write, entry, start, pieces, blocks):
                 return
             self._stored_since_check = True
-            if not self._sealing:
+            if not self._sealing and not self._sealed:
                 await self._try_seal(entry)
         except OSError as e:  # the reader already has its bytes; the disk is not its problem
             log.warning("cache %s: not stored (%s)", self._key, e)
@@ -233,10 +234,11 @@ class CachedSource:
         after any block stored while a check ran (that block may have been the last)."""
         self._sealing = True
         try:
-            while self._stored_since_check:
+            while self._stored_since_check and not self._sealed:
                 self._stored_since_check = False
                 sealed = await trio.to_thread.run_sync(entry.verify_and_seal)
                 if sealed is True:
+                    self._sealed = True
                     self._cache.stats.add(sealed=1)
                     log.info("cache: %s complete and verified", self._key)
                 elif sealed is False:

@@ -221,10 +221,11 @@ class ModelFS(pyfuse3.Operations):
                 # Whole and verified on local disk: no hub, no network for this file.
                 resolution = Resolution("cache", "", "file://" + self.cache.disk.path_of(
                     self._cache_key(node)))
-                reader = self._reader(node, None)
+                reader = await self._reader(node, None)
             else:
                 resolution = await self.resolver.resolve(snap.repo, snap.commit, f.path)
-                reader = self._reader(node, self.data.open_source(resolution.location, f.size))
+                reader = await self._reader(node, self.data.open_source(resolution.location,
+                                                                        f.size))
         except (HubError, DataError, ValueError, OSError, EntryError) as e:
             log.warning("open %s/%s: %s", snap.repo, f.path, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -239,13 +240,20 @@ class ModelFS(pyfuse3.Operations):
         return self.cache.key(node.file.sha256, str(node.snapshot.repo), node.snapshot.commit,
                               node.file.path)
 
-    def _reader(self, node: Node, network: RangeSource | None) -> FileReader:
+    async def _reader(self, node: Node, network: RangeSource | None) -> FileReader:
         """A reader for this file over `network`, through the disk cache when there is one."""
         f = node.file
         name = f"{node.snapshot.repo}/{f.path}"
         if self.cache is None:
             return self.data.reader(network, f.size, name)
-        source = self.cache.source(self._cache_key(node), f.size, f.sha256, network)
+        try:
+            # Opening an entry may have to make room (evict), which walks the directory.
+            source = await trio.to_thread.run_sync(
+                self.cache.source, self._cache_key(node), f.size, f.sha256, network)
+        except BaseException:
+            if network is not None:
+                network.close()
+            raise
         return self.data.reader(source, f.size, name, align=source.block_size)
 
     @guarded
@@ -300,7 +308,8 @@ class ModelFS(pyfuse3.Operations):
             try:
                 new = await self.resolver.resolve(snap.repo, snap.commit, f.path,
                                                   exclude=opened.failed_regions)
-                reader = self._reader(opened.node, self.data.open_source(new.location, f.size))
+                reader = await self._reader(opened.node,
+                                            self.data.open_source(new.location, f.size))
             except (HubError, DataError, ValueError, OSError, EntryError) as e:
                 log.warning("%s: no other source after %s: %s", failed.name, error, e)
                 return False
