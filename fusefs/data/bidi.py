@@ -4,6 +4,8 @@ Requests go out through a queue that gRPC drains on its own thread; responses
 are consumed by one receive thread per stream generation, which checks each
 chunk (CRC32C, offset, bounds) and appends it to the `RangeRead` its `read_id`
 names. The receive thread never waits on a reader: it only appends and wakes.
+Responses arrive as the bytes gRPC received and are decoded by `decode`, so a
+chunk reaches the reader as a slice of them, never copied.
 
 A break (transport error, UNAVAILABLE, bad chunk, redirect) is seen by exactly
 one thread — the receive thread of that generation — so the stream is reopened
@@ -23,22 +25,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import google_crc32c
 import grpc
 from google.rpc import status_pb2
 
 from fusefs.data.errors import (
     ChecksumError, DataError, GoneError, ProtocolError, RangeError, TransientError,
 )
+from fusefs.data.decode import decode_response
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
 from fusefs.proto import storage_pb2 as pb
-from fusefs.proto import storage_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 MAX_RANGES_PER_MESSAGE = 100
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_METHOD = "/" + pb.DESCRIPTOR.services_by_name["Storage"].full_name + "/BidiReadObject"
 _GONE_CODES = {
     grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
@@ -94,7 +96,10 @@ class BidiStream:
         self.size = size
         self.limits = limits
         self.counters = StreamCounters()
-        self._rpc = storage_pb2_grpc.StorageStub(channel).BidiReadObject
+        # Responses stay bytes (no deserializer): `decode_response` reads them in place.
+        self._rpc = channel.stream_stream(
+            _METHOD, request_serializer=pb.BidiReadObjectRequest.SerializeToString,
+            response_deserializer=None, _registered_method=True)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._pending: dict[int, RangeRead] = {}
@@ -231,8 +236,9 @@ class BidiStream:
         if not gen.cancelled:
             self._after_break(gen, outcome)
 
-    def _on_response(self, response: pb.BidiReadObjectResponse) -> None:
-        if response.HasField("metadata"):
+    def _on_response(self, message: bytes) -> None:
+        response = decode_response(message)
+        if response.metadata is not None:
             meta = response.metadata
             # Other bytes than the pinned listing promised: never serve them.
             if meta.size != self.size:
@@ -242,22 +248,20 @@ class BidiStream:
                 raise _Break(GoneError(f"{self.target.object}: generation {meta.generation}, "
                                        f"pinned {self._object_generation}"))
             self._object_generation = meta.generation
-        if response.HasField("read_handle"):
+        if response.read_handle is not None:
             self._read_handle = response.read_handle.handle
-        for data in response.object_data_ranges:
-            read_id = data.read_range.read_id
-            checked = data.checksummed_data
-            content = checked.content
-            self.counters.bytes += len(content)  # liveness, even for data nobody waits on
+        for data in response.ranges:
+            read_id = data.read_id
+            self.counters.bytes += data.size  # liveness, even for data nobody waits on
             rr = self._pending.get(read_id)
             if rr is None:
                 continue  # finished or abandoned: trailing data is ignored
-            if not checked.HasField("crc32c"):
+            if data.crc32c is None:
                 raise ProtocolError(f"{self.target.object}: chunk without CRC32C")
-            if google_crc32c.value(content) != checked.crc32c:
+            if data.content_crc32c() != data.crc32c:
                 raise ChecksumError(f"{self.target.object}: CRC32C mismatch at "
-                                    f"{data.read_range.read_offset}")
-            complete = rr.feed(data.read_range.read_offset, content)
+                                    f"{data.read_offset}")
+            complete = rr.feed(data.read_offset, data.content)
             self._failures = 0
             if data.range_end and not complete:
                 raise ProtocolError(f"{self.target.object}: range {read_id} ended at "

@@ -49,7 +49,7 @@ class RangeRead:
             raise ValueError(f"bad range {offset}+{length}")
         self.offset = offset
         self.length = length
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []
         self._starts: list[int] = []
         self._received = 0
         self._error: DataError | None = None
@@ -84,8 +84,8 @@ class RangeRead:
         """Nothing more will change: complete or failed."""
         return self.done or self._error is not None
 
-    def feed(self, offset: int, data: bytes) -> bool:
-        """Append a chunk; True when the range is now complete.
+    def feed(self, offset: int, data: bytes | memoryview) -> bool:
+        """Append a chunk (kept as given, never copied); True when the range is now complete.
 
         Raises ProtocolError when the chunk is not the next expected bytes or runs
         past the range: accepting it could hand a reader the wrong bytes.
