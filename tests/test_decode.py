@@ -223,19 +223,11 @@ def test_deep_groups_are_refused_not_recursed_forever():
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 4096, (2 << 20) + 5])
-def test_crc32c_in_place_matches_google_crc32c(size, monkeypatch):
+def test_crc32c_in_place_matches_google_crc32c(size):
     content = random.Random(size).randbytes(size)
     raw = data_response(content, 0, 0, 1, True)
     data = decode_response(raw).ranges[0]
     assert data.content_crc32c() == google_crc32c.value(content)
-    monkeypatch.setattr(decode, "_native", None)  # where no native library is found
-    assert data.content_crc32c() == google_crc32c.value(content)
-
-
-def test_native_crc32c_is_found_where_google_crc32c_is_compiled():
-    if google_crc32c.implementation != "c":
-        pytest.skip("google_crc32c without its C extension")
-    assert decode._native is not None
 
 
 # -- the stream applies the decoded chunks -------------------------------------

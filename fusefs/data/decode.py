@@ -18,17 +18,10 @@ the last scalar wins, message fields merge field by field.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
-from collections.abc import Callable
-
-import google_crc32c
+import crc32c
 
 from fusefs.data.errors import ProtocolError
 from fusefs.proto import storage_pb2 as pb
-
-log = logging.getLogger(__name__)
 
 # Wire types.
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
@@ -250,44 +243,6 @@ def _parse(cls, parts: list[bytes]):
 
 # -- CRC32C in place -----------------------------------------------------------
 
-def _native_crc32c() -> Callable[[int, int], int] | None:
-    """`crc32c_value(pointer, length)` of the library google_crc32c's C extension uses.
-
-    Called through ctypes it reads a slice of a bytes object where it lies (the
-    extension itself takes only whole bytes objects) and runs without the GIL.
-    """
-    if google_crc32c.implementation != "c":
-        return None
-    candidates = []
-    try:
-        with open("/proc/self/maps") as maps:  # the copy the extension has loaded
-            for line in maps:
-                path = line.split(maxsplit=5)[5:]
-                if path and "libcrc32c" in path[0].rsplit("/", 1)[-1]:
-                    candidates.append(path[0].strip())
-    except OSError:
-        pass
-    if name := ctypes.util.find_library("crc32c"):
-        candidates.append(name)
-    for path in dict.fromkeys(candidates):
-        try:
-            fn = ctypes.CDLL(path).crc32c_value
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-        fn.restype = ctypes.c_uint32
-        probe = b"--123456789"
-        if fn(ctypes.cast(probe, ctypes.c_void_p).value + 2, 9) == 0xE3069283:
-            return fn
-    return None
-
-
-_native = _native_crc32c()
-if _native is None:
-    log.debug("crc32c: no native library found; chunks are copied to be checked")
-
-
 def _crc32c_at(message: bytes, start: int, stop: int) -> int:
-    if _native is not None:
-        return _native(ctypes.cast(message, ctypes.c_void_p).value + start, stop - start)
-    return google_crc32c.value(message[start:stop])
+    # The crc32c package reads any buffer where it lies and releases the GIL.
+    return crc32c.crc32c(memoryview(message)[start:stop])
