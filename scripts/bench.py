@@ -19,6 +19,12 @@ Workloads:
   ttfb          open + first byte of cold files (p50/p95): 0 peers (mount, rclone), and 3 peers
                 (mount in a region holding nothing; the third peer holds the repo), counting probes
   shared        4 processes reading the 1 GiB file at once vs 1 process (cold, fresh mount)
+  disk_cache    the 1 GiB file read cold through `--cache-dir` (network + filling the cache),
+                then, once it is sealed, re-read through a fresh mount on the same cache dir
+                (FUSE page cache empty): with the cache file in the page cache, and after its
+                pages are dropped (read from disk); the 4 shards loaded by read and by mmap
+                through fresh mounts on that cache; the bytes the store served after the
+                remount (should be 0)
   store_vs_pump `modelfs serve` against a minimal gRPC byte pump, one stream
   memory        peak RSS (VmHWM) of every mount process, read just before it is unmounted
 
@@ -30,6 +36,7 @@ stopped, unmounted and removed on the way out, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -51,13 +58,14 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mounting import start_mount  # noqa: E402
+from mounting import Mount, start_mount  # noqa: E402
 from servers import ServerHandle, start_regions  # noqa: E402
 
 from bench_report import Report, add_ratios, print_report, targets  # noqa: E402
 from bench_peers import (  # noqa: E402
     RCLONE_FLAGS, PeerUnavailable, ensure_packages, find_binary, nginx_serving, rclone_mount,
     unmount_all_under, version_line, vm_hwm_mib)
+from fusefs.cache.store import CacheLimits, DiskCache, cache_key  # noqa: E402
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient  # noqa: E402
 from fusefs.data.memory import tune_malloc  # noqa: E402
 from fusefs.hub.client import HubClient, RepoId  # noqa: E402
@@ -70,6 +78,8 @@ VERIFY_FILE = "small-039.bin"  # checked through every rclone mount; nothing the
 RANDOM_RUNS = ((4096, 1), (4096, 4), (MiB, 1), (MiB, 4))  # (block, threads)
 RANDOM_FILE_BYTES = {4096: 256 * MiB, MiB: 512 * MiB}
 MAIN_MOUNTS = ("main", "st-read", "st-mmap")  # the mounts that ran workloads cold_seq..safetensors
+CACHE_SIZE = "8G"  # --cache-size: room for everything the disk-cache workload reads
+SEAL_TIMEOUT = 120.0  # seconds to wait, after the cold reads, for the cache to seal the files
 
 
 def log(msg: str) -> None:
@@ -131,6 +141,40 @@ def evict(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def resident_fraction(paths: list[Path]) -> float | None:
+    """Share of the files' pages that are in the page cache (mincore), None for no pages."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = resident = 0
+    for path in paths:
+        size = path.stat().st_size
+        if not size:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = _libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap {path}")
+            try:
+                vec = np.zeros((size + page - 1) // page, dtype=np.uint8)
+                if _libc.mincore(addr, size, vec.ctypes.data) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore {path}")
+            finally:
+                _libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        pages += len(vec)
+        resident += int((vec & 1).sum())
+    return resident / pages if pages else None
 
 
 def read_sequential(path: Path, block: int = MiB) -> tuple[int, float]:
@@ -331,14 +375,25 @@ class Bench:
         return self.store / "bench" / "model"
 
     @contextmanager
-    def modelfs(self, label: str, *args: str) -> Iterator[Path]:
-        """A fresh `modelfs mount`; yields the repo directory in it."""
+    def modelfs_mount(self, label: str, *args: str) -> Iterator[Mount]:
+        """A fresh `modelfs mount` of the repo."""
         m = start_mount(self.work / f"mnt-{label}", self.server.hub, "--repo", "bench/model", *args)
         try:
-            yield m.path / "bench" / "model"
+            yield m
         finally:
             self.hwm[label] = vm_hwm_mib(m.pid)  # before unmount: the process exits with it
             m.unmount()
+
+    @contextmanager
+    def modelfs(self, label: str, *args: str) -> Iterator[Path]:
+        """A fresh `modelfs mount`; yields the repo directory in it."""
+        with self.modelfs_mount(label, *args) as m:
+            yield m.path / "bench" / "model"
+
+    def store_bytes(self) -> int:
+        """Bytes the store has served so far, gRPC and CDN."""
+        stats = self.server.stats()
+        return sum(stats["grpc_bytes"].values()) + stats["cdn_bytes"]
 
     @contextmanager
     def rclone(self, label: str) -> Iterator[Path]:
@@ -475,6 +530,104 @@ def measure_peers(b: Bench, report: Report) -> None:
     report["probes"] = {"files": len(files), "peers": len(peers), "probes": probes}
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until predicate() held, or None when it did not within timeout."""
+    t = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - t > timeout:
+            return None
+        time.sleep(0.05)
+    return time.perf_counter() - t
+
+
+async def cache_entries_of(hub: str, paths: list[str]) -> list[tuple[str, int, str | None]]:
+    """(cache key, size, sha256) of each file, as a mount of the repo names its cache entry."""
+    async with HubClient(hub) as client:
+        snap = await client.snapshot(REPO)
+    files = {f.path: f for f in snap.files}
+    return [(cache_key(files[p].sha256, str(REPO), snap.commit, p), files[p].size, files[p].sha256)
+            for p in paths]
+
+
+def measure_disk_cache(b: Bench, report: Report) -> None:
+    """Cold through the disk cache, then warm from it after a remount (fresh FUSE page cache):
+    with the cache files in the page cache, and with their pages dropped (read from disk)."""
+    cache = b.work / "cache"
+    args = ("--region", "home", "--cache-dir", str(cache), "--cache-size", CACHE_SIZE,
+            "--cache-min-free", "1")
+    size = report["size_bytes"]
+    big = "big.bin"
+    shards = shard_names()
+    dc: dict[str, Any] = {"cache_size": CACHE_SIZE, "files": 1 + SHARDS}
+    report["disk_cache"] = dc
+
+    def entries() -> list[Path]:
+        return sorted(p for p in (cache / "v1" / "entries").glob("*/*") if ".tmp." not in p.name)
+
+    # Sealed = complete and verified: read from the entries' headers, since the status
+    # counter counts seal confirmations, which can exceed the files.
+    disk = DiskCache(cache, CacheLimits(size=0))  # path_of and is_complete only; never opened
+    expected = trio.run(cache_entries_of, b.server.hub, [big, *shards])
+
+    def all_sealed(m: Mount) -> bool:
+        return (m.status()["cache"]["sealed"] >= len(expected)
+                and all(disk.is_complete(*e) for e in expected))
+
+    log("disk cache: cold through the cache (filling it)")
+    with b.modelfs_mount("cache-fill", *args) as m:
+        model = m.path / "bench" / "model"
+        before = b.store_bytes()
+        n, t = read_sequential(model / big)
+        assert n == size, (n, size)
+        dc["cold_fill_mb_s"] = size / t / 1e6
+        dc["cold_fill_store_bytes"] = b.store_bytes() - before
+        dc["shards_cold_fill_mb_s"] = read_files_mb_s([model / name for name in shards])
+        dc["seal_wait_s"] = wait_until(lambda: all_sealed(m), SEAL_TIMEOUT)
+        dc["fill_status"] = m.status()["cache"]
+    dc["files_sealed"] = sum(disk.is_complete(*e) for e in expected)
+    if dc["seal_wait_s"] is None:
+        log(f"disk cache: not all sealed within {SEAL_TIMEOUT:.0f} s: "
+            f"{dc['files_sealed']} of {len(expected)} files")
+    dc["entries"] = len(entries())
+    dc["entry_bytes_on_disk"] = sum(p.stat().st_blocks * 512 for p in entries())
+
+    def remounted(label: str, work: Callable[[Path], float]) -> dict[str, Any]:
+        """work(repo dir) on a fresh mount of the same cache; what it returned, store bytes."""
+        with b.modelfs_mount(label, *args) as m:
+            model = m.path / "bench" / "model"
+            resident = resident_fraction(entries())
+            before = b.store_bytes()
+            value = work(model)
+            served = b.store_bytes() - before
+            source = os.getxattr(model / big, "user.modelfs.source").decode() \
+                if label.startswith("cache-warm") else None
+            status = m.status()["cache"]
+        return {"value": value, "store_bytes": served, "entries_resident": resident,
+                "source": source, "hit_bytes": status["hit_bytes"],
+                "miss_bytes": status["miss_bytes"]}
+
+    def read_big(model: Path) -> float:
+        n, t = read_sequential(model / big)
+        assert n == size, (n, size)
+        return size / t / 1e6
+
+    log("disk cache: warm after remount, cache files in the page cache")
+    dc["warm_remount"] = remounted("cache-warm", read_big)
+    for how in ("read", "mmap"):
+        log(f"disk cache: safetensors by {how} after remount")
+        dc[f"safetensors_{how}"] = remounted(f"cache-st-{how}",
+                                             lambda model, how=how: load_shards(model, how))
+    log("disk cache: warm after remount, cache files evicted from the page cache")
+    for path in entries():
+        evict(path)
+    dc["warm_remount_evicted"] = remounted("cache-warm-evicted", read_big)
+    dc["remount_store_bytes"] = sum(
+        dc[k]["store_bytes"] for k in ("warm_remount", "warm_remount_evicted",
+                                       "safetensors_read", "safetensors_mmap"))
+    if dc["remount_store_bytes"]:
+        log(f"disk cache: the store served {dc['remount_store_bytes']} bytes after the remount")
+
+
 # --- running it all ----------------------------------------------------------------------
 
 
@@ -526,6 +679,7 @@ def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
     measure_safetensors(b, report)
     measure_shared(b, report)
     measure_peers(b, report)
+    measure_disk_cache(b, report)
     record_memory(b, report)
 
 

@@ -41,20 +41,47 @@ def add_ratios(report: Report) -> None:
         st[f"ratio_mount_{how}_vs_rclone"] = ratio(st[f"mount_{how}_s"], st[f"rclone_{how}_s"])
     report["ratio_4_readers_vs_1"] = ratio(report["shared_4_readers_s"],
                                            report["shared_1_reader_s"])
+    dc = report.get("disk_cache")
+    if dc:
+        add_cache_ratios(report, dc)
+
+
+def add_cache_ratios(report: Report, dc: dict) -> None:
+    """Disk cache: MB/s over MB/s, and seconds over seconds (below 1: the cache is faster)."""
+    dc["ratio_cold_fill_vs_cold_no_cache"] = ratio(dc["cold_fill_mb_s"],
+                                                   report["mount_cold_seq_mb_s"])
+    for key in ("warm_remount", "warm_remount_evicted"):
+        mb_s = dc[key]["value"]
+        dc[key]["ratios"] = {
+            "vs_cold_no_cache": ratio(mb_s, report["mount_cold_seq_mb_s"]),
+            "vs_cold_fill": ratio(mb_s, dc["cold_fill_mb_s"]),
+            "vs_local_cold": ratio(mb_s, report["local_cold_seq_mb_s"]),
+            "vs_local_warm": ratio(mb_s, report["local_warm_seq_mb_s"]),
+        }
+    st = report["safetensors"]
+    for how in ("read", "mmap"):
+        seconds = dc[f"safetensors_{how}"]["value"]
+        dc[f"safetensors_{how}"]["ratios"] = {
+            "vs_raw_fetch": ratio(seconds, st["raw_client_fetch_s"]),
+            "vs_local": ratio(seconds, st[f"local_{how}_s"]),
+            "vs_mount_no_cache": ratio(seconds, st[f"mount_{how}_s"]),
+        }
 
 
 @dataclass
 class Target:
     source: str  # "§7" (DESIGN.md) or "bench" (held by this script)
     what: str
-    op: str  # ">=" or "<="
-    bound: float
+    op: str  # ">=", "<=", "==", or "info" (reported, no bound)
+    bound: float | None
     measured: float | None
 
     @property
     def met(self) -> bool | None:
-        if self.measured is None:
+        if self.measured is None or self.bound is None:
             return None
+        if self.op == "==":
+            return self.measured == self.bound
         return self.measured >= self.bound if self.op == ">=" else self.measured <= self.bound
 
 
@@ -85,12 +112,34 @@ def targets(report: Report) -> list[Target]:
                st["ratio_mount_mmap_vs_raw"]),
         Target("bench", "4 readers of one file / 1 reader (s)", "<=", 1.5,
                report["ratio_4_readers_vs_1"]),
+        *cache_targets(report),
+    ]
+
+
+def cache_targets(report: Report) -> list[Target]:
+    dc = report.get("disk_cache")
+    if not dc:
+        return []
+    warm, evicted = dc["warm_remount"]["ratios"], dc["warm_remount_evicted"]["ratios"]
+    return [
+        Target("bench", "warm after remount: bytes served by the store", "==", 0,
+               dc["remount_store_bytes"]),
+        Target("bench", "warm after remount / local disk cold (MB/s)", "info", None,
+               warm["vs_local_cold"]),
+        Target("bench", "warm after remount, evicted / local disk cold (MB/s)", "info", None,
+               evicted["vs_local_cold"]),
+        Target("bench", "warm after remount / local page cache (MB/s)", "info", None,
+               warm["vs_local_warm"]),
+        Target("bench", "cold with cache / cold without cache (MB/s)", "info", None,
+               dc["ratio_cold_fill_vs_cold_no_cache"]),
     ]
 
 
 def fmt(v: float | None) -> str:
     if v is None:
         return "-"
+    if isinstance(v, int):  # counts (bytes, probes) print whole
+        return str(v)
     if abs(v) >= 100 or (abs(v) >= 10 and float(v).is_integer()):
         return f"{v:.0f}"
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
@@ -141,6 +190,20 @@ def comparison_rows(report: Report) -> list[Row]:
         rows.append(Row(f"open + first byte, cold, {stat}", "ms",
                         report["ttfb_0_peers"][f"{stat}_ms"],
                         rclone=theirs and theirs[f"{stat}_ms"]))
+    if dc := report.get("disk_cache"):
+        cold = (report["raw_client_seq_mb_s"], report["local_cold_seq_mb_s"],
+                report["rclone_cold_seq_mb_s"])
+        rows += [
+            Row(f"cache: cold {big}, filling it", "MB/s", dc["cold_fill_mb_s"], *cold),
+            Row("cache: remount, file in page cache", "MB/s",
+                dc["warm_remount"]["value"], *cold),
+            Row("cache: remount, file evicted", "MB/s",
+                dc["warm_remount_evicted"]["value"], *cold),
+        ]
+        for how in ("read", "mmap"):
+            rows.append(Row(f"cache: remount, safetensors {how}", "s",
+                            dc[f"safetensors_{how}"]["value"], st["raw_client_fetch_s"],
+                            st[f"local_{how}_s"], st[f"rclone_{how}_s"]))
     return rows
 
 
@@ -152,7 +215,8 @@ def print_comparison(report: Report) -> None:
               f"{fmt(r.rclone):>8} {fmt(r.faster(r.raw)):>7} {fmt(r.faster(r.local)):>7} "
               f"{fmt(r.faster(r.rclone)):>8}")
     print("  (x base: how many times faster the mount is; local = cold from disk for the "
-          "sequential rows, page cache otherwise)")
+          "sequential rows, page cache otherwise;\n   cache: through --cache-dir; the cold row "
+          "fills it, the remount rows read it back through fresh mounts)")
 
 
 def print_random(report: Report) -> None:
@@ -181,16 +245,68 @@ def print_other(report: Report) -> None:
           f"mount memory budget {fmt(report['memory_budget_mib'])} MiB")
 
 
+def print_disk_cache(report: Report) -> None:
+    dc = report.get("disk_cache")
+    if not dc:
+        return
+    big, st = size_label(report), report["safetensors"]
+    unknown = {"store_bytes": None, "entries_resident": None}
+    fill = {"value": dc["cold_fill_mb_s"], "store_bytes": dc["cold_fill_store_bytes"],
+            "entries_resident": None}
+    rows = [
+        ("mount without cache, cold", {**unknown, "value": report["mount_cold_seq_mb_s"]}),
+        ("through the cache, cold (filling it)", fill),
+        ("after remount, cache file in page cache", dc["warm_remount"]),
+        ("after remount, cache file evicted", dc["warm_remount_evicted"]),
+        ("local disk, cold (pages dropped)", {**unknown, "value": report["local_cold_seq_mb_s"]}),
+        ("local page cache", {**unknown, "value": report["local_warm_seq_mb_s"]}),
+    ]
+    bases = (report["mount_cold_seq_mb_s"], dc["cold_fill_mb_s"], report["local_cold_seq_mb_s"],
+             report["local_warm_seq_mb_s"])
+    heads = ("x nocache", "x fill", "x l.cold", "x l.pc")
+    print(f"\n{'disk cache: ' + big + ', 1 MiB reads':40} {'MB/s':>7} {'store MiB':>9} "
+          f"{'in pc':>6} " + " ".join(f"{h:>9}" for h in heads))
+    for name, r in rows:
+        served, resident = r["store_bytes"], r["entries_resident"]
+        mib = "-" if served is None else ("0" if served == 0 else fmt(served / MiB))
+        pc = "-" if resident is None else f"{resident:.0%}"
+        print(f"{name:40} {fmt(r['value']):>7} {mib:>9} {pc:>6} "
+              + " ".join(f"{fmt(ratio(r['value'], base)):>9}" for base in bases))
+    print("  (store MiB: served by the store during the read; in pc: share of the cache files'"
+          " pages in the page cache before it;\n   x: MB/s over: cold mount without cache,"
+          " cold through the cache, local disk cold, local page cache)")
+    print(f"\n{'safetensors load (s)':40} {'read':>7} {'mmap':>7}")
+    for name, key in (("through the cache, after remount", None),
+                      ("mount without cache, cold", "mount_{}_s"),
+                      ("raw client fetch (no parsing)", "raw_client_fetch_s"),
+                      ("local files (page cache)", "local_{}_s")):
+        values = [dc[f"safetensors_{how}"]["value"] if key is None else st[key.format(how)]
+                  for how in ("read", "mmap")]
+        print(f"{name:40} {fmt(values[0]):>7} {fmt(values[1]):>7}")
+    fs = dc["fill_status"]
+    seal = "not within the timeout" if dc["seal_wait_s"] is None else \
+        f"{dc['seal_wait_s']:.1f} s after the last read"
+    print(f"{'cache fill':40} {dc['files_sealed']} of {dc['files']} files sealed, {seal} "
+          f"(status counted {fs['sealed']}); written {fmt(fs['written_bytes'] / MiB)} MiB, "
+          f"{fs['evictions']} evictions")
+    print(f"{'store bytes after remount, all reads':40} {dc['remount_store_bytes']} "
+          f"(source of {big} file: {dc['warm_remount']['source']})")
+
+
 def print_targets(ts: list[Target]) -> None:
     print(f"\n{'target':6} {'what':58} {'bound':>9} {'measured':>9}  result")
     for t in ts:
-        result = "n/a" if t.met is None else ("met" if t.met else "MISSED")
-        print(f"{t.source:6} {t.what:58} {t.op + ' ' + fmt(t.bound):>9} {fmt(t.measured):>9}  "
-              f"{result}")
+        if t.op == "info":
+            result, bound = "info", "-"
+        else:
+            result = "n/a" if t.met is None else ("met" if t.met else "MISSED")
+            bound = t.op + " " + fmt(t.bound)
+        print(f"{t.source:6} {t.what:58} {bound:>9} {fmt(t.measured):>9}  {result}")
 
 
 def print_report(report: Report, ts: list[Target]) -> None:
     print_comparison(report)
     print_random(report)
     print_other(report)
+    print_disk_cache(report)
     print_targets(ts)
