@@ -19,7 +19,7 @@ def entry_at(tmp_path, data: bytes, sha: str | None = None, name: str = "e") -> 
 
 
 def fill(entry: Entry, data: bytes) -> None:
-    entry.write(0, data, range(entry.layout.blocks))
+    entry.write([data], range(entry.layout.blocks))
 
 
 def test_layout_blocks_and_spans():
@@ -42,11 +42,11 @@ def test_write_then_read_round_trip_only_present_blocks(tmp_path):
     data = os.urandom(3 * BLOCK + 100)
     e = entry_at(tmp_path, data)
     assert e.created and e.present(range(0, 4)) == [False] * 4
-    e.write(BLOCK, data[BLOCK:3 * BLOCK], range(1, 3))
+    e.write([data[BLOCK:2 * BLOCK], data[2 * BLOCK:3 * BLOCK]], range(1, 3))
     assert e.present(range(0, 4)) == [False, True, True, False]
     assert e.read(BLOCK, 3 * BLOCK) == data[BLOCK:3 * BLOCK]
     assert e.read(0, 2 * BLOCK) is None  # block 0 is not there
-    e.write(3 * BLOCK, data[3 * BLOCK:], range(3, 4))
+    e.write([data[3 * BLOCK:]], range(3, 4))
     assert e.read(3 * BLOCK, len(data)) == data[3 * BLOCK:]
     e.close()
     again = entry_at(tmp_path, data)  # another process's view: same bytes, nothing created
@@ -72,6 +72,20 @@ def test_damaged_block_is_never_served_and_is_forgotten(tmp_path):
     e.close()
 
 
+def test_write_takes_pieces_that_straddle_blocks(tmp_path):
+    data = os.urandom(3 * BLOCK + 11)
+    e = entry_at(tmp_path, data)
+    view = memoryview(data)
+    cuts = [0, 1, BLOCK + 5, BLOCK + 6, 3 * BLOCK + 2, len(data)]  # as received: odd sizes
+    e.write([view[a:b] for a, b in zip(cuts, cuts[1:])], range(0, 4))
+    e.close()
+    fresh = entry_at(tmp_path, data)  # its CRCs are checked on this first read
+    assert fresh.read(0, len(data)) == data
+    with pytest.raises(ValueError):
+        fresh.write([view[:BLOCK]], range(0, 2))
+    fresh.close()
+
+
 def test_claims_exclude_other_open_files_all_or_nothing(tmp_path):
     data = bytes(8 * BLOCK)
     a, b = entry_at(tmp_path, data), entry_at(tmp_path, data)
@@ -88,7 +102,7 @@ def test_seal_checks_sha256(tmp_path):
     data = os.urandom(2 * BLOCK + 3)
     good = hashlib.sha256(data).hexdigest()
     e = entry_at(tmp_path, data, good, "good")
-    e.write(0, data[:BLOCK], range(0, 1))
+    e.write([data[:BLOCK]], range(0, 1))
     assert e.verify_and_seal() is None  # not all here yet
     fill(e, data)
     assert e.verify_and_seal() is True and e.complete()

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -160,7 +161,9 @@ class Entry:
         return [raw[i * ENTRY.size + 4] == PRESENT for i in range(len(blocks))]
 
     def all_present(self) -> bool:
-        return all(self.present(range(self.layout.blocks)))
+        n = self.layout.blocks
+        raw = os.pread(self.fd, ENTRY.size * n, HEADER.size)
+        return raw[4::ENTRY.size].count(PRESENT) == n  # C speed: this runs after every write
 
     def _forget(self, index: int) -> None:
         os.pwrite(self.fd, ENTRY.pack(0, 0), HEADER.size + ENTRY.size * index)
@@ -205,16 +208,23 @@ class Entry:
                 self._verified[index] = 1
         return data if intact else None
 
-    def write(self, start: int, data: bytes | memoryview, blocks: range) -> int:
-        """Store `blocks` from `data` (the file's bytes from `start`); returns bytes written."""
+    def write(self, pieces: Sequence[bytes | memoryview], blocks: range) -> int:
+        """Store `blocks`, whose bytes are `pieces` in order (as received: no join, no
+        copy); returns the bytes written."""
         lay = self.layout
-        view = memoryview(data)
         first, last = lay.block_span(blocks.start)[0], lay.block_span(blocks.stop - 1)[1]
-        os.pwrite(self.fd, view[first - start:last - start], lay.data_offset + first)
+        if sum(len(p) for p in pieces) != last - first:
+            raise ValueError(f"pieces do not cover blocks {blocks}")
+        pos = lay.data_offset + first
+        for i in range(0, len(pieces), _IOV_MAX):
+            batch = pieces[i:i + _IOV_MAX]
+            want = sum(len(p) for p in batch)
+            if os.pwritev(self.fd, batch, pos) != want:
+                raise OSError(errno.ENOSPC, "short write to the cache")
+            pos += want
         table = bytearray()
-        for index in blocks:
-            b_start, b_end = lay.block_span(index)
-            table += ENTRY.pack(crc32c.crc32c(view[b_start - start:b_end - start]), PRESENT)
+        for index, crc in zip(blocks, _block_crcs(pieces, lay, blocks)):
+            table += ENTRY.pack(crc, PRESENT)
             self._verified[index] = 1
         os.pwrite(self.fd, table, HEADER.size + ENTRY.size * blocks.start)
         return last - first
@@ -255,6 +265,26 @@ class Entry:
 
 
 _COMPLETE_OFFSET = 8 + 4 + 4 + 8
+_IOV_MAX = 1024
+
+
+def _block_crcs(pieces: Sequence[bytes | memoryview], layout: Layout, blocks: range) -> Iterator[int]:
+    """CRC32C of each block, carried across piece boundaries."""
+    lengths = (layout.block_span(i)[1] - layout.block_span(i)[0] for i in blocks)
+    left = next(lengths)
+    crc = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        pos = 0
+        while pos < len(view):
+            n = min(left, len(view) - pos)
+            crc = crc32c.crc32c(view[pos:pos + n], crc)
+            pos += n
+            left -= n
+            if left == 0:
+                yield crc
+                crc = 0
+                left = next(lengths, 0)
 
 
 def _read_header(fd: int) -> tuple:

@@ -221,7 +221,7 @@ class CachedSource:
         pieces = src.view(start, end)
         self._cache.stats.add(miss_bytes=end - start)
         try:
-            if not await trio.to_thread.run_sync(self._write, entry, start, pieces, blocks):
+            if not await trio.to_thread.run_sync(self._write, entry, pieces, blocks):
                 return
             self._stored_since_check = True
             if not self._sealing and not self._sealed:
@@ -248,11 +248,10 @@ class CachedSource:
         finally:
             self._sealing = False
 
-    def _write(self, entry: Entry, start: int, pieces: list, blocks: range) -> bool:
+    def _write(self, entry: Entry, pieces: list[memoryview], blocks: range) -> bool:
         if not self._cache.reserve(sum(len(p) for p in pieces)):
             return False
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self._cache.stats.add(written_bytes=entry.write(start, data, blocks))
+        self._cache.stats.add(written_bytes=entry.write(pieces, blocks))
         return True
 
 
