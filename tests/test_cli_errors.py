@@ -43,6 +43,9 @@ def test_already_mounted_mountpoint(server, tmp_path):
     (["--memory", "lots"], "--memory"),
     (["--read-timeout", "-3"], "--read-timeout"),
     (["--metrics", "nowhere"], "--metrics"),
+    (["--cache-size", "0"], "--cache-size"),
+    (["--cache-min-free", "much"], "--cache-min-free"),
+    (["--cache-dir", "/proc/version/cache"], "cache directory /proc/version/cache"),
 ])
 def test_bad_settings(server, tmp_path, args, words):
     one_line_error(modelfs("mount", str(tmp_path), "--hub", server.hub, *args), words)

@@ -157,6 +157,15 @@ def test_safetensors_load_by_read_and_by_mmap(mounted):
                 assert np.array_equal(got[k], want[k]), (shard, k)
 
 
+def test_kernel_sends_large_reads_many_in_flight(mounted):
+    mp, _, _ = mounted
+    dev = next(line.split()[2] for line in open("/proc/self/mountinfo")
+               if line.split()[4] == str(mp))
+    assert int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text()) == 16 * 1024
+    connection = Path("/sys/fs/fuse/connections") / dev.split(":")[1]
+    assert int((connection / "max_background").read_text()) == 64
+
+
 def test_every_write_path_is_read_only(mounted):
     mp, _, _ = mounted
     repo = mp / "acme" / "tiny-llm"

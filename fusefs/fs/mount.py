@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import stat
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FUSE_WORKERS = 64  # concurrent FUSE requests: readahead, threads and processes in flight
 READ_AHEAD_KB = 16 * 1024
+MAX_BACKGROUND = 64  # FUSE requests the kernel keeps in flight for read-ahead
+FUSECTL = "/sys/fs/fuse/connections"
 
 
 class MountError(Exception):
@@ -88,17 +91,41 @@ def mount_source(path: str) -> tuple[str, str] | None:
     return None
 
 
-def raise_read_ahead(path: str, kb: int) -> None:
-    """Ask the kernel for large, many-in-flight reads on this mount (needs root)."""
+def raise_kernel_limits(path: str, read_ahead_kb: int, max_background: int) -> None:
+    """Ask the kernel for large, many-in-flight reads on this mount (needs root).
+
+    Read-ahead makes sequential reads arrive as 1 MiB requests well ahead of the
+    reader; FUSE's own cap on requests in flight (12 by default) would otherwise
+    hold them back: 64 gave 11% more cold sequential throughput here.
+    """
     source = mount_source(path)
     if source is None:
         return
+    writes = [(f"/sys/class/bdi/{source[0]}/read_ahead_kb", read_ahead_kb)]
+    connection = f"{FUSECTL}/{source[0].split(':')[1]}"
+    if _fusectl_mounted() and os.path.isdir(connection):
+        writes += [(f"{connection}/max_background", max_background),
+                   (f"{connection}/congestion_threshold", max_background * 3 // 4)]
+    for knob, value in writes:
+        try:
+            with open(knob, "w") as f:
+                f.write(str(value))
+            log.debug("%s=%d", knob, value)
+        except OSError as e:
+            log.info("could not set %s (%s); reads will be smaller or fewer in flight",
+                     knob, e.strerror)
+
+
+def _fusectl_mounted() -> bool:
+    """The FUSE control filesystem, mounted here if it is not (systemd usually does)."""
+    if os.path.isdir(FUSECTL) and os.listdir(FUSECTL):
+        return True
     try:
-        with open(f"/sys/class/bdi/{source[0]}/read_ahead_kb", "w") as f:
-            f.write(str(kb))
-        log.debug("read_ahead_kb=%d on %s", kb, source[0])
-    except OSError as e:
-        log.info("could not raise read_ahead_kb (%s); sequential reads will be smaller", e.strerror)
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], check=True,
+                       capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(os.listdir(FUSECTL))
 
 
 def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: None) -> None:
@@ -203,7 +230,8 @@ async def _announce(mountpoint: str, settings: MountSettings, region: str | None
     # statfs is answered by our own main loop, so it returns only after INIT; the
     # kernel resets read-ahead during INIT, so raising it must come after that too.
     await trio.to_thread.run_sync(os.statvfs, mountpoint)
-    raise_read_ahead(mountpoint, settings.read_ahead_kb)
+    await trio.to_thread.run_sync(raise_kernel_limits, mountpoint, settings.read_ahead_kb,
+                                  MAX_BACKGROUND)
     log.info("mounted %s (hub %s, region %s)", mountpoint, settings.hub, region or "-")
     on_ready()
     systemd.notify(f"READY=1\nSTATUS=mounted {mountpoint}")
