@@ -184,10 +184,13 @@ def test_open_removes_temp_files_of_dead_processes_and_recounts(tmp_path):
     cache.close()
     stale = cache.entries / "aa" / "path-aa.tmp.999999999.0000"
     stale.write_bytes(b"half made")
+    os.utime(stale, (1000, 1000))  # long ago: its maker is gone
+    young = cache.entries / "aa" / "path-cc.tmp.999999999.0000"
+    young.write_bytes(b"maybe another container's, being made now")
     mine = cache.entries / "aa" / f"path-bb.tmp.{os.getpid()}.0000"
     mine.write_bytes(b"being made")
     again = disk(tmp_path, 1 << 30)
-    assert not stale.exists() and mine.exists()
+    assert not stale.exists() and mine.exists() and young.exists()
     assert 4 * BLOCK <= again.used <= 4 * BLOCK + 16 * 4096
     again.close()
 

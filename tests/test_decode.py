@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-import google_crc32c
+import crc32c
 import grpc
 import pytest
 
@@ -69,7 +69,7 @@ def _chunk(content: bytes, offset: int, read_id: int, *, crc: bool = True, end: 
            length: int | None = None) -> pb.ObjectRangeData:
     checked = pb.ChecksummedData(content=content)
     if crc:
-        checked.crc32c = google_crc32c.value(content)
+        checked.crc32c = crc32c.crc32c(content)
     return pb.ObjectRangeData(
         checksummed_data=checked, range_end=end,
         read_range=pb.ReadRange(read_offset=offset, read_id=read_id,
@@ -223,11 +223,15 @@ def test_deep_groups_are_refused_not_recursed_forever():
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 4096, (2 << 20) + 5])
-def test_crc32c_in_place_matches_google_crc32c(size):
+def test_crc32c_in_place_matches_the_whole_chunk(size):
     content = random.Random(size).randbytes(size)
     raw = data_response(content, 0, 0, 1, True)
     data = decode_response(raw).ranges[0]
-    assert data.content_crc32c() == google_crc32c.value(content)
+    assert data.content_crc32c() == crc32c.crc32c(content)
+
+
+def test_crc32c_is_castagnoli():
+    assert crc32c.crc32c(b"123456789") == 0xE3069283  # the standard check value
 
 
 # -- the stream applies the decoded chunks -------------------------------------
@@ -248,8 +252,8 @@ def _pending(stream, read_id: int, rr: RangeRead) -> RangeRead:
 
 def test_stream_feeds_views_of_good_chunks(stream):
     rr = _pending(stream, 4, RangeRead(100, 10, lambda fn: fn()))
-    stream._on_response(data_response(b"abcde", google_crc32c.value(b"abcde"), 100, 4, False))
-    stream._on_response(data_response(b"fghij", google_crc32c.value(b"fghij"), 105, 4, True))
+    stream._on_response(data_response(b"abcde", crc32c.crc32c(b"abcde"), 100, 4, False))
+    stream._on_response(data_response(b"fghij", crc32c.crc32c(b"fghij"), 105, 4, True))
     assert rr.done and 4 not in stream._pending
     assert stream.counters.bytes == 10
     pieces = rr.view(102, 108)
@@ -259,7 +263,7 @@ def test_stream_feeds_views_of_good_chunks(stream):
 def test_stream_refuses_a_corrupt_chunk(stream):
     rr = _pending(stream, 1, RangeRead(0, 5, lambda fn: fn()))
     with pytest.raises(ChecksumError):
-        stream._on_response(data_response(b"abcde", google_crc32c.value(b"abcdf"), 0, 1, True))
+        stream._on_response(data_response(b"abcde", crc32c.crc32c(b"abcdf"), 0, 1, True))
     assert rr.next_offset == 0
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-import google_crc32c
+import crc32c
 import grpc
 import httpx
 import pytest
@@ -218,7 +218,7 @@ def test_many_concurrent_ranges_interleave_byte_exact(fresh):
     expected_offset = {r.read_id: r.read_offset for r in ranges}
     for c in chunks:
         assert len(c.checksummed_data.content) <= 2 * MiB
-        assert google_crc32c.value(c.checksummed_data.content) == c.checksummed_data.crc32c
+        assert crc32c.crc32c(c.checksummed_data.content) == c.checksummed_data.crc32c
         assert c.read_range.read_offset == expected_offset[c.read_range.read_id]
         expected_offset[c.read_range.read_id] += len(c.checksummed_data.content)
     ends = [c.read_range.read_id for c in chunks if c.range_end]
@@ -340,7 +340,7 @@ def test_fault_unavailable_redirect_corrupt_delay(fresh):
     assert redirected.routing_token == "go-there"
     server.add_fault("corrupt")
     _, _, chunks = read_all(server, one_range())
-    bad = [c for c in chunks if google_crc32c.value(c.checksummed_data.content)
+    bad = [c for c in chunks if crc32c.crc32c(c.checksummed_data.content)
            != c.checksummed_data.crc32c]
     assert len(bad) == 1
     server.add_fault("delay", ms=300, count=2)

@@ -87,6 +87,10 @@ class Layout:
         """Indices of the blocks [start, end) touches."""
         return range(start // self.block_size, -(-end // self.block_size))
 
+    def span(self, blocks: range) -> tuple[int, int]:
+        """Bytes [start, end) of a run of blocks."""
+        return self.block_span(blocks.start)[0], self.block_span(blocks.stop - 1)[1]
+
     def block_span(self, index: int) -> tuple[int, int]:
         start = index * self.block_size
         return start, min(start + self.block_size, self.size)
@@ -167,6 +171,7 @@ class Entry:
 
     def _forget(self, index: int) -> None:
         os.pwrite(self.fd, ENTRY.pack(0, 0), HEADER.size + ENTRY.size * index)
+        os.pwrite(self.fd, b"\x00", _COMPLETE_OFFSET)  # no longer whole: not sealed either
         self._verified[index] = 0
 
     # -- claims ----------------------------------------------------------------
@@ -191,7 +196,7 @@ class Entry:
         raw = os.pread(self.fd, ENTRY.size * len(blocks), HEADER.size + ENTRY.size * blocks.start)
         data = os.pread(self.fd, end - start, lay.data_offset + start)
         if len(data) != end - start:
-            return None
+            raise OSError(errno.EIO, f"{self.path}: short read")
         view = memoryview(data)
         intact = True
         for i, index in enumerate(blocks):
@@ -212,7 +217,7 @@ class Entry:
         """Store `blocks`, whose bytes are `pieces` in order (as received: no join, no
         copy); returns the bytes written."""
         lay = self.layout
-        first, last = lay.block_span(blocks.start)[0], lay.block_span(blocks.stop - 1)[1]
+        first, last = lay.span(blocks)
         if sum(len(p) for p in pieces) != last - first:
             raise ValueError(f"pieces do not cover blocks {blocks}")
         pos = lay.data_offset + first
@@ -257,8 +262,11 @@ class Entry:
                     for index in range(lay.blocks):
                         self._forget(index)
                     return False
+            # A sealed entry is read with no network at all: its bytes reach the disk
+            # before the flag that says so.
+            os.fsync(self.fd)
             os.pwrite(self.fd, b"\x01", _COMPLETE_OFFSET)
-            os.fsync(self.fd)  # a sealed entry is read with no network at all: make it last
+            os.fdatasync(self.fd)
             return True
         finally:
             _lock(self.fd, fcntl.F_UNLCK, VERIFY, 1)

@@ -30,7 +30,7 @@ def save_listing(directory: str | os.PathLike, snap: Snapshot) -> None:
     body = {"commit": snap.commit,
             "files": [{"Path": f.path, "Size": f.size, "Sha256": f.sha256,
                        "CommittedDate": f.mtime} for f in snap.files]}
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{os.urandom(4).hex()}")
     tmp.write_text(json.dumps(body))
     os.replace(tmp, path)  # readers see the old listing or the new one, never half of one
 

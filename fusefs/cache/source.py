@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from fusefs.cache.entry import Entry, Layout
+from fusefs.cache.entry import Entry, EntryError, Layout
 from fusefs.cache.store import DiskCache, cache_key
 from fusefs.data.errors import DataError, DeadlineError, GoneError
 from fusefs.data.ranges import RangeRead, trio_waker
@@ -50,8 +50,7 @@ def segments(layout: Layout, blocks: range, present: list[bool]) -> list[Segment
     for i in range(1, len(blocks) + 1):
         if i == len(blocks) or present[i] != present[i - 1]:
             run = range(run_start, blocks.start + i)
-            out.append(Segment(layout.block_span(run.start)[0], layout.block_span(run.stop - 1)[1],
-                               run, present[i - 1]))
+            out.append(Segment(*layout.span(run), run, present[i - 1]))
             run_start = blocks.start + i
     return out
 
@@ -72,6 +71,9 @@ class CachedSource:
         self._tasks = 0
         self._paused = self._closed = self._sealing = self._stored_since_check = False
         self._sealed = False  # by this source (a sealed entry opened as such stores nothing)
+        self._whole_unsealed = self._entry.all_present() and not self._entry.complete()
+        self._checked_at = float("-inf")
+        self._seal_pending = False
         self._disk_bytes = 0
 
     @property
@@ -107,20 +109,32 @@ class CachedSource:
     def resume(self) -> None:
         """A handle is open again; an entry evicted meanwhile is replaced by a fresh one."""
         self._paused = False
-        if not self._held:
-            if not self._entry.resume():
-                self._entry.close()
-                self._entry = self._cache.open_entry(self._key, self._size, self._sha256)
-            self._held = True
+        if self._held:
+            return
+        self._held = True
+        if self._entry.resume():
+            return
+        try:
+            fresh = self._cache.open_entry(self._key, self._size, self._sha256)
+        except (OSError, EntryError) as e:
+            # The evicted entry's file still works for this process; nothing is lost.
+            log.warning("cache %s: could not reopen (%s); using the evicted copy", self._key, e)
+            return
+        self._entry.close()
+        self._entry = fresh
+        self._sealed = False
 
     def _let_go(self) -> None:
         if self._tasks:
             return  # the last task to finish comes back here
-        if self._closed:
-            self._entry.close()
-        elif self._paused and self._held:
-            self._entry.pause()
-            self._held = False
+        try:
+            if self._closed:
+                self._entry.close()
+            elif self._paused and self._held:
+                self._entry.pause()
+                self._held = False
+        except OSError as e:  # never out of a task's finally: it would end the mount
+            log.warning("cache %s: %s", self._key, e)
 
     # -- one range -------------------------------------------------------------
 
@@ -141,11 +155,21 @@ class CachedSource:
             self._let_go()
 
     async def _fill(self, rr: RangeRead) -> None:
+        try:
+            await self._fill_through_cache(rr)
+        except OSError as e:  # the cache's disk failed: the network can still serve the reader
+            if self.network is None:
+                raise GoneError(f"cache: {self._key}: {e}") from None
+            if not rr.settled:
+                log.warning("cache %s: disk error (%s); reading around the cache", self._key, e)
+                self._subs[rr] = [rr]
+                self.network.submit([rr])  # resumes at the range's first byte not yet fed
+
+    async def _fill_through_cache(self, rr: RangeRead) -> None:
         entry = self._entry
         layout = entry.layout
         blocks = layout.block_range(rr.offset, rr.end)
-        if (layout.block_span(blocks.start)[0], layout.block_span(blocks.stop - 1)[1]) != \
-                (rr.offset, rr.end):
+        if layout.span(blocks) != (rr.offset, rr.end):
             raise DataError(f"cache: range {rr!r} is not whole blocks")
         waiting_since = None
         pause = 0.002
@@ -160,12 +184,16 @@ class CachedSource:
             missing = [s.blocks for s in segments(layout, blocks, present) if not s.on_disk]
             if _claim_all(entry, missing):
                 try:
-                    if entry.present(blocks) == present:  # nobody stored any meanwhile
+                    fetched = entry.present(blocks) == present  # nobody stored any meanwhile
+                    if fetched:
                         await self._fetch(entry, rr, blocks, present)
-                        return
                 finally:
                     for run in missing:
                         entry.release(run)
+                if fetched:
+                    # After the claims are released: others go on while the file is checked.
+                    await self._seal_if_whole(entry, now=blocks.stop == layout.blocks)
+                    return
                 continue
             now = trio.current_time()
             if waiting_since is None:
@@ -175,22 +203,24 @@ class CachedSource:
                 log.warning("cache %s: blocks claimed for %.0fs by another process; fetching them",
                             self._key, now - waiting_since)
                 await self._fetch(entry, rr, blocks, present)
+                await self._seal_if_whole(entry, now=blocks.stop == layout.blocks)
                 return
             await trio.sleep(pause * random.uniform(0.5, 1.5))  # jitter: no lockstep retries
             pause = min(pause * 2, 0.05)
 
     async def _from_disk(self, entry: Entry, rr: RangeRead, start: int, end: int) -> bool:
-        try:
-            data = await trio.to_thread.run_sync(entry.read, start, end)
-        except OSError as e:
-            log.warning("cache %s: read failed (%s); fetching instead", self._key, e)
-            data = None
+        """Feed [start, end) from disk; False when a block was damaged (now forgotten)."""
+        data = await trio.to_thread.run_sync(entry.read, start, end)
         if data is None:
             self._cache.stats.add(damaged_blocks=1)
             return False
         self._disk_bytes += len(data)
         self._cache.stats.add(hit_bytes=len(data))
         rr.feed(start, data)
+        if self._whole_unsealed:  # left complete but unsealed (a crash, a failed check)
+            self._whole_unsealed = False
+            self._stored_since_check = True
+            await self._seal_if_whole(entry, now=True)
         return True
 
     async def _fetch(self, entry: Entry, rr: RangeRead, blocks: range, present: list[bool]):
@@ -217,21 +247,31 @@ class CachedSource:
             await self._store(entry, sub, part.blocks)
 
     async def _store(self, entry: Entry, src: RangeRead, blocks: range) -> None:
-        start, end = entry.layout.block_span(blocks.start)[0], entry.layout.block_span(blocks.stop - 1)[1]
+        start, end = entry.layout.span(blocks)
         pieces = src.view(start, end)
         self._cache.stats.add(miss_bytes=end - start)
         try:
-            if not await trio.to_thread.run_sync(self._write, entry, pieces, blocks):
-                return
-            self._stored_since_check = True
-            if not self._sealing and not self._sealed:
-                await self._try_seal(entry)
+            if await trio.to_thread.run_sync(self._write, entry, pieces, blocks):
+                self._stored_since_check = True
         except OSError as e:  # the reader already has its bytes; the disk is not its problem
             log.warning("cache %s: not stored (%s)", self._key, e)
 
-    async def _try_seal(self, entry: Entry) -> None:
+    async def _seal_if_whole(self, entry: Entry, *, now: bool = False) -> None:
         """Seal the entry once its last block is stored: one check at a time, and again
-        after any block stored while a check ran (that block may have been the last)."""
+        after any block stored while a check ran (that block may have been the last).
+
+        The check reads the whole block table, so while a file fills it runs at most once
+        a second (a huge file would read it quadratically), and always when `now` (the
+        file's tail was just stored, or it was found whole). A file left whole but
+        unsealed is sealed the next time it is read from disk."""
+        if self._sealing or self._sealed:
+            return
+        if not now and trio.current_time() - self._checked_at < 1.0:
+            if not self._seal_pending:  # checked a moment ago: check again a moment later
+                self._seal_pending = True
+                self._nursery.start_soon(self._seal_later, entry)
+            return
+        self._checked_at = trio.current_time()
         self._sealing = True
         try:
             while self._stored_since_check and not self._sealed:
@@ -245,8 +285,17 @@ class CachedSource:
                     self._cache.stats.add(rejected=1)
                     log.error("cache: %s does not match its sha256; its blocks are discarded",
                               self._key)
+        except OSError as e:
+            log.warning("cache %s: not sealed (%s)", self._key, e)
         finally:
             self._sealing = False
+
+    async def _seal_later(self, entry: Entry) -> None:
+        # Not counted as a task: it must not keep a closed file from eviction.
+        await trio.sleep(1.0)
+        self._seal_pending = False
+        if not self._closed and entry is self._entry:
+            await self._seal_if_whole(entry, now=True)
 
     def _write(self, entry: Entry, pieces: list[memoryview], blocks: range) -> bool:
         if not self._cache.reserve(sum(len(p) for p in pieces)):

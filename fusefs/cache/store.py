@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DEFAULT_CACHE_SIZE = 20 * GiB
 DEFAULT_MIN_FREE = GiB
+STALE_TEMP_AGE = 600.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,16 @@ class DiskCache:
         return used
 
     def _remove_stale_temps(self) -> None:
+        # A temp file lives for milliseconds; its pid may be another container's
+        # (another PID namespace), so only old ones of dead-looking owners go.
+        old = time.time() - STALE_TEMP_AGE
         for path in self.entries.glob("*/*.tmp.*"):
             pid = tmp_owner(path.name)
-            if pid is not None and not _alive(pid):
+            try:
+                stale = path.stat().st_mtime < old
+            except FileNotFoundError:
+                continue
+            if pid is not None and stale and not _alive(pid):
                 path.unlink(missing_ok=True)
 
     def _read_usage(self) -> int:

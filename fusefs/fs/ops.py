@@ -216,12 +216,10 @@ class ModelFS(pyfuse3.Operations):
         self._opening[node.inode] = done = trio.Event()
         snap, f = node.snapshot, node.file
         try:
-            if self.cache is not None and self.cache.sealed(self._cache_key(node), f.size,
-                                                            f.sha256):
+            reader = await self._sealed_reader(node)
+            if reader is not None:
                 # Whole and verified on local disk: no hub, no network for this file.
-                resolution = Resolution("cache", "", "file://" + self.cache.disk.path_of(
-                    self._cache_key(node)))
-                reader = await self._reader(node, None)
+                resolution = Resolution("cache", "", "file://" + reader.source.path)
             else:
                 resolution = await self.resolver.resolve(snap.repo, snap.commit, f.path)
                 reader = await self._reader(node, self.data.open_source(resolution.location,
@@ -240,8 +238,21 @@ class ModelFS(pyfuse3.Operations):
         return self.cache.key(node.file.sha256, str(node.snapshot.repo), node.snapshot.commit,
                               node.file.path)
 
+    async def _sealed_reader(self, node: Node) -> FileReader | None:
+        """A reader from the disk cache alone, when the file is sealed there."""
+        f = node.file
+        if self.cache is None or not self.cache.sealed(self._cache_key(node), f.size, f.sha256):
+            return None
+        try:
+            return await self._reader(node, None)
+        except (OSError, EntryError) as e:
+            log.warning("%s/%s: sealed in the cache but not readable (%s)", node.snapshot.repo,
+                        f.path, e)
+            return None
+
     async def _reader(self, node: Node, network: RangeSource | None) -> FileReader:
-        """A reader for this file over `network`, through the disk cache when there is one."""
+        """A reader for this file over `network`, through the disk cache when there is one.
+        A cache that fails here costs the caching, never the read."""
         f = node.file
         name = f"{node.snapshot.repo}/{f.path}"
         if self.cache is None:
@@ -250,6 +261,11 @@ class ModelFS(pyfuse3.Operations):
             # Opening an entry may have to make room (evict), which walks the directory.
             source = await trio.to_thread.run_sync(
                 self.cache.source, self._cache_key(node), f.size, f.sha256, network)
+        except (OSError, EntryError) as e:
+            if network is None:
+                raise
+            log.warning("%s: not cached (%s)", name, e)
+            return self.data.reader(network, f.size, name)
         except BaseException:
             if network is not None:
                 network.close()

@@ -7,10 +7,12 @@ repo, collide with another or lie about its size is dropped with a log line.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: anything larger is a broken or hostile listing
 
 
@@ -69,10 +71,13 @@ def parse_files(repo: str, entries: object) -> list[RepoFile]:
             log.warning("%s: skipping duplicate entry %r", repo, path)
             continue
         sha = entry.get("Sha256")
+        sha = sha.lower() if isinstance(sha, str) else None
+        if sha is not None and not _SHA256.fullmatch(sha):
+            sha = None  # a digest we cannot use is no digest: never a wrong cache key
         mtime = entry.get("CommittedDate")
         files[path] = RepoFile(
             path=path, size=size,
-            sha256=sha if isinstance(sha, str) and sha else None,
+            sha256=sha,
             mtime=mtime if isinstance(mtime, int) and not isinstance(mtime, bool) and mtime > 0 else 0,
         )
     # A path that is a file and also a directory of other files cannot be both.

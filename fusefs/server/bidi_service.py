@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import google_crc32c
+import crc32c
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
@@ -214,7 +214,7 @@ class BidiReadService:
                 data = os.pread(fd, n, rng.offset) if n else b""
                 if len(data) != n:
                     raise _Abort(grpc.StatusCode.DATA_LOSS, f"{f.path} shrank while being read")
-                crc = google_crc32c.value(data)
+                crc = crc32c.crc32c(data)
                 if self._fault("corrupt"):
                     crc ^= 0x5A5A5A5A
                 if delay := self._fault("delay"):
