@@ -81,6 +81,15 @@ class CachedSource:
         return self._entry.path
 
     @property
+    def counters(self):
+        """The network transport's stream counters, for status (None without one)."""
+        return getattr(self.network, "counters", None)
+
+    @property
+    def retries(self) -> int:
+        return getattr(self.network, "retries", 0)
+
+    @property
     def progress(self) -> int:
         return self._disk_bytes + (self.network.progress if self.network else 0)
 

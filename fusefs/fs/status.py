@@ -33,8 +33,6 @@ def snapshot(fs) -> dict:
     files = []
     for opened in list(fs.files.values()):  # a copy: the metrics thread reads it too
         src = opened.reader.source
-        if opened.cached is not None:
-            src = opened.cached.network  # the transport's counters, when it has one
         counters = getattr(src, "counters", None)
         files.append({
             "path": opened.reader.name,
