@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from fusefs.cache.entry import Entry, EntryError, Layout
+from fusefs.cache.entry import Entry, EntryError, Layout, is_sealed
 from fusefs.cache.store import DiskCache, cache_key
 from fusefs.data.errors import DataError, DeadlineError, GoneError
 from fusefs.data.ranges import RangeRead, trio_waker
@@ -191,29 +191,30 @@ class CachedSource:
             if self.network is None:
                 raise GoneError(f"cache: {self._key} is not all on disk")
             missing = [s.blocks for s in segments(layout, blocks, present) if not s.on_disk]
-            if _claim_all(entry, missing):
+            now = trio.current_time()
+            claimed = _claim_all(entry, missing)
+            stuck = not claimed and waiting_since is not None and \
+                now - waiting_since > self._cache.limits.claim_wait
+            if stuck:
+                log.warning("cache %s: blocks claimed for %.0fs by another process; fetching them",
+                            self._key, now - waiting_since)
+            if claimed or stuck:
                 try:
-                    fetched = entry.present(blocks) == present  # nobody stored any meanwhile
+                    fetched = stuck or entry.present(blocks) == present  # nobody stored meanwhile
                     if fetched:
                         await self._fetch(entry, rr, blocks, present)
                 finally:
-                    for run in missing:
-                        entry.release(run)
+                    if claimed:
+                        for run in missing:
+                            entry.release(run)
                 if fetched:
                     # After the claims are released: others go on while the file is checked.
                     await self._seal_if_whole(entry, now=blocks.stop == layout.blocks)
                     return
                 continue
-            now = trio.current_time()
             if waiting_since is None:
                 waiting_since = now
                 self._cache.stats.add(waits=1)
-            elif now - waiting_since > self._cache.limits.claim_wait:
-                log.warning("cache %s: blocks claimed for %.0fs by another process; fetching them",
-                            self._key, now - waiting_since)
-                await self._fetch(entry, rr, blocks, present)
-                await self._seal_if_whole(entry, now=blocks.stop == layout.blocks)
-                return
             await trio.sleep(pause * random.uniform(0.5, 1.5))  # jitter: no lockstep retries
             pause = min(pause * 2, 0.05)
 
@@ -244,6 +245,7 @@ class CachedSource:
                 for p in parts if not p.on_disk}
         self._subs[rr] = list(subs.values())
         self.network.submit(list(subs.values()))
+        fetched = []
         for part in parts:
             if part.on_disk and await self._from_disk(entry, rr, part.start, part.end):
                 continue
@@ -253,7 +255,9 @@ class CachedSource:
                 self._subs[rr].append(sub)
                 self.network.submit([sub])
             await _forward(sub, rr)
-            await self._store(entry, sub, part.blocks)
+            fetched.append((sub, part.blocks))
+        for sub, run in fetched:  # the reader has all its bytes before any disk write
+            await self._store(entry, sub, run)
 
     async def _store(self, entry: Entry, src: RangeRead, blocks: range) -> None:
         start, end = entry.layout.span(blocks)
@@ -345,7 +349,8 @@ class FileCache:
         self._wake = trio_waker()
 
     def sealed(self, key: str, size: int, sha256: str | None) -> bool:
-        return self.disk.is_complete(key, size, sha256)
+        """Whether the entry for `key` is sealed: readable with no network at all."""
+        return is_sealed(self.disk.path_of(key), Layout(size, self.disk.limits.block_size), sha256)
 
     def source(self, key: str, size: int, sha256: str | None,
                network: RangeSource | None) -> CachedSource:

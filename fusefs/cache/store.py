@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusefs.cache.entry import Entry, Layout, is_sealed, tmp_owner, try_evict
+from fusefs.cache.entry import Entry, tmp_owner, try_evict
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,6 @@ class DiskCache:
         except OSError:
             pass
         return entry
-
-    def is_complete(self, key: str, size: int, sha256: str | None) -> bool:
-        """Whether the entry for `key` is sealed: readable with no network at all."""
-        return is_sealed(self.path_of(key), Layout(size, self.limits.block_size), sha256)
 
     @property
     def used(self) -> int:

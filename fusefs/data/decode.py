@@ -64,7 +64,8 @@ class RangeData:
         return memoryview(self._message)[self._start:self._stop]
 
     def content_crc32c(self) -> int:
-        return _crc32c_at(self._message, self._start, self._stop)
+        # The crc32c package reads any buffer where it lies and releases the GIL.
+        return crc32c.crc32c(self.content)
 
 
 class Response:
@@ -239,10 +240,3 @@ def _parse(cls, parts: list[bytes]):
         return cls.FromString(b"".join(parts))
     except Exception as e:  # protobuf's DecodeError, or whatever a garbled message raises
         raise ProtocolError(f"bad {cls.DESCRIPTOR.name}: {e}") from None
-
-
-# -- CRC32C in place -----------------------------------------------------------
-
-def _crc32c_at(message: bytes, start: int, stop: int) -> int:
-    # The crc32c package reads any buffer where it lies and releases the GIL.
-    return crc32c.crc32c(memoryview(message)[start:stop])
