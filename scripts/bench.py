@@ -57,18 +57,16 @@ from typing import Any
 import numpy as np
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mounting import Mount, start_mount  # noqa: E402
-from servers import ServerHandle, start_regions  # noqa: E402
-
-from bench_report import Report, add_ratios, print_report, targets  # noqa: E402
-from bench_peers import (  # noqa: E402
+from bench_peers import (
     RCLONE_FLAGS, PeerUnavailable, ensure_packages, find_binary, nginx_serving, rclone_mount,
-    unmount_all_under, version_line, vm_hwm_mib)
-from fusefs.cache.store import CacheLimits, DiskCache, cache_key  # noqa: E402
-from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient  # noqa: E402
-from fusefs.data.memory import tune_malloc  # noqa: E402
-from fusefs.hub.client import HubClient, RepoId  # noqa: E402
+    unmount_all_under, version_line)
+from bench_report import Report, add_ratios, print_report, targets
+
+from fusefs.cache.store import CacheLimits, DiskCache, cache_key
+from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
+from fusefs.data.malloc_tuning import tune_malloc
+from fusefs.hub.client import HubClient, RepoId
+from fusefs.testing import Mount, ServerHandle, peak_rss_mib, start_mount, start_regions
 
 MiB = 1 << 20
 REPO = RepoId("bench", "model")
@@ -223,7 +221,7 @@ PUMP_SERVER = """
 import os, sys
 from concurrent.futures import ThreadPoolExecutor
 import grpc
-from fusefs.data.memory import tune_malloc
+from fusefs.data.malloc_tuning import tune_malloc
 from fusefs.proto import storage_pb2 as pb, storage_pb2_grpc
 CHUNK, TOTAL = 2 << 20, int(sys.argv[1])
 tune_malloc()  # the same allocator settings as modelfs serve: compare the serving, not malloc
@@ -381,7 +379,7 @@ class Bench:
         try:
             yield m
         finally:
-            self.hwm[label] = vm_hwm_mib(m.pid)  # before unmount: the process exits with it
+            self.hwm[label] = peak_rss_mib(m.pid)  # before unmount: the process exits with it
             m.unmount()
 
     @contextmanager
@@ -406,7 +404,7 @@ class Bench:
             try:
                 yield model
             finally:
-                self.hwm[f"rclone-{label}"] = vm_hwm_mib(rm.proc.pid)
+                self.hwm[f"rclone-{label}"] = peak_rss_mib(rm.proc.pid)
 
 
 def start_peer(cleanup: ExitStack, b: Bench, report: Report) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from fusefs.testing import free_port, is_mounted, peak_rss_mib
+
 SBIN = "/usr/sbin:/sbin"  # nginx lives here, and a non-root PATH often lacks it
 APT_TIMEOUT = 600.0
 START_TIMEOUT = 30.0
@@ -75,12 +77,6 @@ def version_line(cmd: list[str]) -> str:
     return lines[0] if lines else "unknown"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM (nginx and rclone both shut down cleanly on it), then SIGKILL to the
     child's whole process group, nginx workers included."""
@@ -92,27 +88,6 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # its leader is alive, so the group is still ours
         proc.wait()
-
-
-def vm_hwm_mib(pid: int) -> float | None:
-    """Peak resident memory of a live process, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
-    except (OSError, StopIteration):
-        return None
-
-
-def mount_points() -> list[str]:
-    """Every mount point of this mount namespace, unescaped (mountinfo writes ' ' as \\040)."""
-    with open("/proc/self/mountinfo") as f:
-        return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
-                for line in f]
-
-
-def is_mounted(path: Path) -> bool:
-    # os.path.ismount says False for a FUSE mount whose process died (ENOTCONN)
-    return os.path.abspath(path) in mount_points()
 
 
 def fuse_unmount(path: Path, lazy: bool = False) -> bool:

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
 
 from fusefs.cache.entry import Layout
-from servers import start_server
+from fusefs.testing import (MiB, free_port, is_mounted, run_cli, sample_bytes, sha256_file,
+                            start_mount, start_server, wait_for, write_file)
 
 BLOCK = 64 << 10
 SIZES = {"remount": [24 * MiB + 7, 40 * MiB], "stopped": [6 * MiB + 1, 1 * MiB],
@@ -31,7 +31,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     files: dict[str, list[bytes]] = {}
     for seed, (repo, sizes) in enumerate(SIZES.items()):
-        files[repo] = [make_bytes(size, seed=100 * seed + i) for i, size in enumerate(sizes)]
+        files[repo] = [sample_bytes(size, seed=100 * seed + i) for i, size in enumerate(sizes)]
         for i, data in enumerate(files[repo]):
             write_file(root / "acme" / repo / f"f{i}.bin", data)
     server = start_server(root, "--faults")
@@ -51,20 +51,6 @@ def entry_path(cache: Path, data: bytes) -> Path:
 def cache_mount(server, where: Path, repo: str, cache: Path, *args: str):
     return start_mount(where, server.hub, "--repo", f"acme/{repo}", "--region", "local",
                        "--cache-dir", str(cache), "--cache-min-free", "1", *args)
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 OFFSETS = [5 * MiB + 4096, 17 * MiB - 4096, 33 * MiB]  # not 0: a read at 0 starts a prefetch
@@ -98,7 +84,7 @@ def test_second_read_after_remount_fetches_nothing(store, tmp_path):
         assert os.getxattr(d / "f0.bin", "user.modelfs.source") == b"cache"
         state = m.status()["cache"]
         assert state["hit_bytes"] >= len(big) and state["used"] >= len(big)
-        text = modelfs("status", str(m.path)).stdout
+        text = run_cli("status", str(m.path)).stdout
         assert "cache" in text and "● acme/remount/f0.bin" in text
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert b'modelfs_cache_bytes_total{kind="hit"}' in metrics
@@ -109,7 +95,7 @@ def test_second_read_after_remount_fetches_nothing(store, tmp_path):
 
 def test_a_sealed_file_reads_with_the_store_stopped(tmp_path):
     root = tmp_path / "store"
-    kept, other = make_bytes(6 * MiB + 1, seed=7), make_bytes(MiB, seed=8)
+    kept, other = sample_bytes(6 * MiB + 1, seed=7), sample_bytes(MiB, seed=8)
     write_file(root / "acme" / "m" / "kept.bin", kept)
     write_file(root / "acme" / "m" / "other.bin", other)
     server = start_server(root)
@@ -142,7 +128,7 @@ def test_a_sealed_file_reads_with_the_store_stopped(tmp_path):
         m.unmount()
     # Without a cache there is nothing to fall back on: one clear line, non-zero exit.
     (tmp_path / "d").mkdir()
-    failed = modelfs("mount", str(tmp_path / "d"), "--hub", server.hub, "--repo", "acme/m",
+    failed = run_cli("mount", str(tmp_path / "d"), "--hub", server.hub, "--repo", "acme/m",
                      "--region", "local")
     assert failed.returncode != 0 and "unreachable" in failed.stderr
 

@@ -9,14 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from mounting import is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
-from servers import start_server
+from fusefs.testing import is_mounted, sample_bytes, run_cli, sha256_file, start_mount, write_file
+from fusefs.testing import start_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    write_file(root / "acme" / "m" / "w.bin", make_bytes(2 << 20, seed=1))
+    write_file(root / "acme" / "m" / "w.bin", sample_bytes(2 << 20, seed=1))
     handle = start_server(root)
     yield handle
     handle.stop()
@@ -31,7 +31,7 @@ def one_line_error(result: subprocess.CompletedProcess, words: str) -> None:
 def test_already_mounted_mountpoint(server, tmp_path):
     m = start_mount(tmp_path / "m", server.hub, "--repo", "acme/m", "--region", "local")
     try:
-        one_line_error(modelfs("mount", str(m.path), "--hub", server.hub, "--region", "local"),
+        one_line_error(run_cli("mount", str(m.path), "--hub", server.hub, "--region", "local"),
                        "already a mountpoint")
     finally:
         m.unmount()
@@ -48,7 +48,7 @@ def test_already_mounted_mountpoint(server, tmp_path):
     (["--cache-dir", "/proc/version/cache"], "cache directory /proc/version/cache"),
 ])
 def test_bad_settings(server, tmp_path, args, words):
-    one_line_error(modelfs("mount", str(tmp_path), "--hub", server.hub, *args), words)
+    one_line_error(run_cli("mount", str(tmp_path), "--hub", server.hub, *args), words)
     assert not is_mounted(tmp_path)
 
 
@@ -57,10 +57,10 @@ def test_bad_config_file(server, tmp_path):
     config.write_text('hub = "http://x:1"\nregoin = "typo"\n')
     mp = tmp_path / "mp"
     mp.mkdir()
-    one_line_error(modelfs("mount", str(mp), "--config", str(config)), "unknown key 'regoin'")
-    one_line_error(modelfs("mount", str(mp), "--config", str(tmp_path / "none.toml")),
+    one_line_error(run_cli("mount", str(mp), "--config", str(config)), "unknown key 'regoin'")
+    one_line_error(run_cli("mount", str(mp), "--config", str(tmp_path / "none.toml")),
                    "does not exist")
-    one_line_error(modelfs("mount", str(mp)), "no hub")
+    one_line_error(run_cli("mount", str(mp)), "no hub")
     assert not is_mounted(mp)
 
 

@@ -7,8 +7,9 @@ import socket
 import pytest
 
 from fusefs.config import ConfigError, merge
+from fusefs.cli.systemd import unit_text
 from fusefs.fs import systemd
-from fusefs.fs.fstab import HelperError, translate
+from fusefs.cli.fstab import HelperError, translate
 
 
 def write(tmp_path, text):
@@ -82,9 +83,9 @@ def test_notify_sends_to_a_real_datagram_socket(tmp_path, monkeypatch):
 
 
 def test_units_are_notify_type_with_unmount_on_stop():
-    unit = systemd.unit_text(False, "/data/models", "/etc/modelfs/x.toml")
+    unit = unit_text(False, "/data/models", "/etc/modelfs/x.toml")
     assert "Type=notify" in unit and "Restart=on-failure" in unit
     assert "mount /data/models --foreground --config /etc/modelfs/x.toml" in unit
     assert "unmount /data/models" in unit
-    template = systemd.unit_text(True)
+    template = unit_text(True)
     assert "mount %f --foreground --config /etc/modelfs/%i.toml" in template

@@ -7,9 +7,9 @@ import random
 
 import pytest
 import trio
-from mounting import MiB, make_bytes, write_file
+from fusefs.testing import MiB, sample_bytes, write_file
 
-from servers import start_server
+from fusefs.testing import start_server
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError
@@ -23,7 +23,7 @@ SIZE = 24 * MiB + 777
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    data = make_bytes(SIZE, seed=11)
+    data = sample_bytes(SIZE, seed=11)
     write_file(root / "acme" / "data" / "blob.bin", data)
     handle = start_server(root, "--faults")
     yield handle, data

@@ -9,71 +9,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from mounting import is_mounted, make_bytes, modelfs, mount_factory
+from support.doubles import COMMIT, CONTENT, HostileHub
 
-COMMIT = "c" * 40
-CONTENT = make_bytes(300_000, seed=5)
-
-
-class HostileHub:
-    def __init__(self):
-        self.files: list[dict] = []
-        self.listing_body: bytes | None = None  # overrides the JSON listing
-        self.location: str | None = None  # overrides the probe's Location
-        self.cdn_extra = b""  # bytes appended past what a Range asked for
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, status, body=b"", headers=()):
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def do_HEAD(self):
-                self.do_GET()
-
-            def do_GET(self):
-                url = urlsplit(self.path)
-                q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                if url.path.endswith("/revisions"):
-                    body = {"Code": 200, "Data": {"RevisionMap": {"Branches": [
-                        {"Revision": "master", "CommitId": COMMIT}], "Tags": []}}}
-                    return self._send(200, json.dumps(body).encode())
-                if url.path.endswith("/repo/files"):
-                    body = hub.listing_body or json.dumps(
-                        {"Code": 200, "Data": {"Files": hub.files}}).encode()
-                    return self._send(200, body)
-                if url.path.endswith("/repo"):
-                    loc = hub.location or f"{hub.url}/cdn/{q.get('FilePath')}"
-                    return self._send(302, headers=[("Location", loc)])
-                if url.path.startswith("/cdn/"):
-                    first, last = map(int, self.headers["Range"][6:].split("-"))
-                    body = CONTENT[first:last + 1] + hub.cdn_extra
-                    return self._send(206, body, [
-                        ("Content-Range", f"bytes {first}-{last}/{len(CONTENT)}")])
-                return self._send(404, b"{}")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
+from fusefs.testing import is_mounted, mount_factory, run_cli
 
 @pytest.fixture
 def hub():
@@ -112,7 +52,7 @@ def test_malformed_listing_fails_the_mount_with_one_line(hub, tmp_path):
     hub.listing_body = b'{"Code": 200, "Data": {"Files": [tru'
     mp = tmp_path / "m"
     mp.mkdir()
-    result = modelfs("mount", str(mp), "--hub", hub.url, "--repo", "evil/repo", "--region", "r1")
+    result = run_cli("mount", str(mp), "--hub", hub.url, "--repo", "evil/repo", "--region", "r1")
     assert result.returncode != 0
     assert "malformed JSON" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not is_mounted(mp)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
+from fusefs.testing import MiB, is_mounted, sample_bytes, run_cli, sha256_file, start_mount, write_file
 
-from servers import start_server
+from fusefs.testing import start_server
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def store(tmp_path_factory):
     model = root / "acme" / "tiny-llm"
     write_file(model / "config.json", b'{"hidden_size": 64}\n')
     write_file(model / "empty.txt", b"")
-    write_file(model / "weights.bin", make_bytes(40 * MiB + 12345, seed=1))
-    write_file(model / "sub" / "dir" / "odd.bin", make_bytes(3 * MiB + 1, seed=2))
+    write_file(model / "weights.bin", sample_bytes(40 * MiB + 12345, seed=1))
+    write_file(model / "sub" / "dir" / "odd.bin", sample_bytes(3 * MiB + 1, seed=2))
     from safetensors.numpy import save_file
     rng = np.random.default_rng(3)
     for shard in (1, 2):
@@ -228,7 +228,7 @@ def test_bad_command_lines_fail_with_one_line_and_mount_nothing(store, tmp_path)
                   "unreachable"))
     cases.append(([str(empty), "--hub", server.hub, "--repo", "bad"], "OWNER/NAME"))
     for args, words in cases:
-        result = modelfs("mount", *args)
+        result = run_cli("mount", *args)
         assert result.returncode != 0, args
         assert words in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -265,7 +265,7 @@ def test_stopping_while_readers_are_active_leaves_no_mount(store, tmp_path, how)
     try:
         time.sleep(0.5)
         if how == "unmount":
-            result = modelfs("unmount", str(mp))
+            result = run_cli("unmount", str(mp))
             assert result.returncode == 0, result.stderr
             assert not is_mounted(mp)  # detached at once, even with files open
         else:

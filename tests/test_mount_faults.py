@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
-from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
+from fusefs.testing import MiB, is_mounted, sample_bytes, run_cli, sha256_file, start_mount, write_file
 
-from servers import start_server
+from fusefs.testing import start_server
 
 SIZE = 32 * MiB + 5
 
@@ -20,7 +20,7 @@ SIZE = 32 * MiB + 5
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     for i in range(6):
-        write_file(root / "acme" / "faulty" / f"f{i}.bin", make_bytes(SIZE, seed=100 + i))
+        write_file(root / "acme" / "faulty" / f"f{i}.bin", sample_bytes(SIZE, seed=100 + i))
     server = start_server(root, "--faults")
     mp = tmp_path_factory.mktemp("mnt") / "models"
     m = start_mount(mp, server.hub, "--repo", "acme/faulty", "--region", "local",
@@ -94,7 +94,7 @@ def _d_state_tasks(pids) -> list[str]:
 
 def test_unmount_while_reads_are_blocked_on_a_stopped_store(tmp_path):
     root = tmp_path / "store"
-    write_file(root / "acme" / "stuck" / "f.bin", make_bytes(SIZE, seed=7))
+    write_file(root / "acme" / "stuck" / "f.bin", sample_bytes(SIZE, seed=7))
     server = start_server(root)
     m = start_mount(tmp_path / "mnt", server.hub, "--repo", "acme/stuck", "--region", "local",
                     "--read-timeout", "6")
@@ -116,7 +116,7 @@ def test_unmount_while_reads_are_blocked_on_a_stopped_store(tmp_path):
         for t in threads:
             t.start()
         time.sleep(1.0)  # the reads are now waiting on the stopped store
-        result = modelfs("unmount", str(m.path))
+        result = run_cli("unmount", str(m.path))
         assert result.returncode == 0, result.stderr
         assert not is_mounted(m.path)
         for t in threads:

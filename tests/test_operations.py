@@ -22,35 +22,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mounting import MiB, is_mounted, make_bytes, modelfs, sha256_file, start_mount, write_file
 from prometheus_client.parser import text_string_to_metric_families
 
 from fusefs import __version__
-from servers import start_regions, start_server
+from fusefs.testing import (MiB, clean_env, free_port, is_mounted, run_cli, sample_bytes,
+                            sha256_file, start_mount, start_regions, start_server, write_file)
 
 
 LONG_FILES = 120  # with long paths: more than fits one xattr value if all were listed
 HELPER = Path("/sbin/mount.fuse.modelfs")
 VENV_HELPER = Path(sys.executable).parent / "mount.fuse.modelfs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any modelfs setting leaking in from outside the test."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODELFS_", "MODELSCOPE_", "NOTIFY_SOCKET"))}
-    return {**env, **extra}
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fusefs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env or clean_env())
 
 
 def mounted_paths() -> set[str]:
@@ -82,7 +63,7 @@ def wait_gone(pid: int, timeout: float = 20) -> None:
 
 def force_unmount(path: Path) -> None:
     if is_mounted(path):
-        modelfs("unmount", str(path))
+        run_cli("unmount", str(path))
     if is_mounted(path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
@@ -95,9 +76,9 @@ def store(tmp_path_factory):
     """One region (`local`) holding two repos: one warmed by prefetch, one read for metrics."""
     root = tmp_path_factory.mktemp("store")
     write_file(root / "acme" / "x" / "config.json", b'{"hidden_size": 64}\n')
-    write_file(root / "acme" / "x" / "weights.bin", make_bytes(6 * MiB + 321, seed=41))
-    write_file(root / "acme" / "x" / "sub" / "extra.bin", make_bytes(MiB + 5, seed=42))
-    write_file(root / "acme" / "m" / "data.bin", make_bytes(2 * MiB + 7, seed=43))
+    write_file(root / "acme" / "x" / "weights.bin", sample_bytes(6 * MiB + 321, seed=41))
+    write_file(root / "acme" / "x" / "sub" / "extra.bin", sample_bytes(MiB + 5, seed=42))
+    write_file(root / "acme" / "m" / "data.bin", sample_bytes(2 * MiB + 7, seed=43))
     deep = root / "acme" / "long" / ("d" * 100) / ("e" * 100)
     for i in range(LONG_FILES):
         write_file(deep / f"{'shard-' * 10}{i:04d}.bin", f"{i}\n".encode())
@@ -121,7 +102,7 @@ def local_mount(store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory):
     root = tmp_path_factory.mktemp("regional")
-    write_file(root / "acme" / "peer" / "model.bin", make_bytes(3 * MiB + 99, seed=44))
+    write_file(root / "acme" / "peer" / "model.bin", sample_bytes(3 * MiB + 99, seed=44))
     write_file(root / "other" / "near" / "a.txt", b"near\n")
     server = start_regions(root, {"east": ["other/*"], "west": ["acme/*"]})
     yield root, server
@@ -144,7 +125,7 @@ def test_status_marks_a_peer_served_file(regions, tmp_path):
         assert os.getxattr(m.path / rel, "user.modelfs.endpoint").startswith(
             f"grpc://{server.grpc['west']}/west/".encode())
 
-        human = modelfs("status", str(m.path))
+        human = run_cli("status", str(m.path))
         assert human.returncode == 0, human.stderr
         line = next(l for l in human.stdout.splitlines() if str(rel) in l)
         assert line.lstrip().startswith("⇄ ")
@@ -152,7 +133,7 @@ def test_status_marks_a_peer_served_file(regions, tmp_path):
         assert re.search(r"^region\s+east\s+peers: west$", human.stdout, re.M)
         assert re.search(r"^read\s+3\.0 MiB peer$", human.stdout, re.M)
 
-        raw = modelfs("status", "--json", str(m.path))
+        raw = run_cli("status", "--json", str(m.path))
         assert raw.returncode == 0, raw.stderr
         state = json.loads(raw.stdout)
         (entry,) = [f for f in state["files"] if f["path"] == str(rel)]
@@ -169,13 +150,13 @@ def test_status_of_a_fresh_mount_and_of_a_plain_directory(regions, tmp_path):
     _, server = regions
     m = start_mount(tmp_path / "mp", server.hub, "--region", "east")
     try:
-        out = modelfs("status", str(m.path))
+        out = run_cli("status", str(m.path))
         assert out.returncode == 0, out.stderr
         assert re.search(r"^read\s+nothing yet$", out.stdout, re.M), out.stdout
         assert re.search(r"^files\s+0 with a data path$", out.stdout, re.M)
     finally:
         m.unmount()
-    plain = modelfs("status", str(tmp_path))
+    plain = run_cli("status", str(tmp_path))
     assert plain.returncode != 0
     assert "not a modelfs mount" in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
 
@@ -188,7 +169,7 @@ def test_status_with_many_open_files_fits_in_one_xattr(local_mount):
     with ThreadPoolExecutor(8) as pool:
         contents = list(pool.map(Path.read_bytes, paths))
     assert contents == [f"{i}\n".encode() for i in range(LONG_FILES)]
-    result = modelfs("status", "--json", str(m.path))
+    result = run_cli("status", "--json", str(m.path))
     assert result.returncode == 0, result.stderr
     state = json.loads(result.stdout)
     listed = [f for f in state["files"] if f["path"].startswith("acme/long/")]
@@ -196,7 +177,7 @@ def test_status_with_many_open_files_fits_in_one_xattr(local_mount):
     assert state["files_open"] == len(state["files"]) + state["files_not_listed"]
     assert state["files_open"] >= LONG_FILES
     assert state["bytes_read"]["local"] >= sum(p.stat().st_size for p in paths)
-    human = modelfs("status", str(m.path))
+    human = run_cli("status", str(m.path))
     assert human.returncode == 0, human.stderr
     assert f"… and {state['files_not_listed']} more" in human.stdout or not state["files_not_listed"]
 
@@ -299,7 +280,7 @@ def test_prefetch_on_a_terminal_shows_one_bar_per_file(local_mount):
 
 def test_prefetch_without_a_terminal_prints_only_the_summary(local_mount):
     m, _, _ = local_mount
-    result = modelfs("prefetch", "-j", "2", str(m.path / "acme" / "x"))
+    result = run_cli("prefetch", "-j", "2", str(m.path / "acme" / "x"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
@@ -310,7 +291,7 @@ def test_prefetch_without_a_terminal_prints_only_the_summary(local_mount):
 def test_prefetch_of_a_missing_path_fails(local_mount):
     m, _, _ = local_mount
     missing = m.path / "acme" / "x" / "no-such-file.bin"
-    result = modelfs("prefetch", str(m.path / "acme" / "x" / "config.json"), str(missing))
+    result = run_cli("prefetch", str(m.path / "acme" / "x" / "config.json"), str(missing))
     assert result.returncode != 0
     assert f"{missing}:" in result.stderr
     assert "prefetched 1 of 2 files" in result.stderr
@@ -358,7 +339,7 @@ def test_mount_t_fuse_modelfs_through_the_helper(store, fstab_helper, tmp_path):
         for rel in ("acme/x/config.json", "acme/x/weights.bin"):
             assert sha256_file(mp / rel) == sha256_file(root / rel)
         assert os.getxattr(mp / "acme/x/weights.bin", "user.modelfs.source") == b"local"
-        unmounted = modelfs("unmount", str(mp))
+        unmounted = run_cli("unmount", str(mp))
         assert unmounted.returncode == 0, unmounted.stderr
         assert not is_mounted(mp)
         wait_gone(pid)
@@ -443,7 +424,7 @@ def test_a_vanished_notify_socket_does_not_stop_the_mount(store, tmp_path):
         assert "could not notify" in log.read_text()
         assert os.path.getsize(mp / "acme" / "x" / "weights.bin") == 6 * MiB + 321
         assert is_mounted(mp)
-        assert modelfs("unmount", str(mp)).returncode == 0
+        assert run_cli("unmount", str(mp)).returncode == 0
         wait_gone(pid)
     finally:
         force_unmount(mp)

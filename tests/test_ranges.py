@@ -2,8 +2,9 @@
 
 import pytest
 import trio
+from support.doubles import InstantSource
 
-from fusefs.data.budget import MemoryBudget
+from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.errors import ProtocolError, TransientError
 from fusefs.data.ranges import Gap, RangeMap, RangeRead, SequentialTracker, aligned_pieces
 
@@ -146,26 +147,6 @@ def test_budget_forced_charge_goes_over_when_nothing_can_go():
     budget.drop(a)
     assert budget.in_use == 8
 
-
-class InstantSource:
-    """Serves every range at once from memory: the reader's bookkeeping under test."""
-
-    progress = 0
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.submitted: list[tuple[int, int]] = []
-
-    def submit(self, ranges):
-        for rr in ranges:
-            self.submitted.append((rr.offset, rr.length))
-            rr.feed(rr.offset, self.data[rr.offset:rr.end])
-
-    def abandon(self, rr):
-        pass
-
-    def close(self):
-        pass
 
 
 async def test_reader_never_loses_a_range_it_is_assembling_to_eviction():

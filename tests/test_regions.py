@@ -6,8 +6,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from mounting import MiB, make_bytes, mount_factory, sha256_file, start_mount, write_file
-from servers import start_regions
+from fusefs.testing import MiB, sample_bytes, mount_factory, sha256_file, start_mount, write_file
+from fusefs.testing import start_regions
 
 
 
@@ -18,10 +18,10 @@ REGIONS = {"home": ["local/*"], "peer-b": ["acme/*"], "peer-c": ["acme/*", "wide
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    write_file(root / "acme" / "llm" / "model.bin", make_bytes(48 * MiB + 3, seed=21))
+    write_file(root / "acme" / "llm" / "model.bin", sample_bytes(48 * MiB + 3, seed=21))
     write_file(root / "acme" / "llm" / "config.json", b'{"a": 1}\n')
-    write_file(root / "local" / "small" / "w.bin", make_bytes(3 * MiB, seed=22))
-    write_file(root / "public" / "only" / "w.bin", make_bytes(5 * MiB + 17, seed=23))
+    write_file(root / "local" / "small" / "w.bin", sample_bytes(3 * MiB, seed=22))
+    write_file(root / "public" / "only" / "w.bin", sample_bytes(5 * MiB + 17, seed=23))
     for i in range(200):
         write_file(root / "wide" / "shards" / f"s{i:03d}.bin", f"shard {i}\n".encode())
     server = start_regions(root, REGIONS, "--faults")

@@ -5,40 +5,13 @@ from __future__ import annotations
 import pytest
 import trio
 
+from support.doubles import CDN, ScriptedHub
+
 from fusefs.hub.client import Answer, HubError, RepoId
 from fusefs.hub.resolve import Resolver, ResolveError
 
 REPO = RepoId("acme", "llm")
-CDN = "https://cdn.example.com/"
 
-
-class ScriptedHub:
-    """Answers probes from a table {(path, region): kind}; counts every probe."""
-
-    def __init__(self, holders: dict[str, set[str]], delay: float = 0.0):
-        self.holders = holders  # region -> paths it holds internally
-        self.delay = delay
-        self.calls: list[tuple[str, str, str | None]] = []
-        self.fail: dict[str | None, list[object]] = {}  # region -> queued failures
-        self.inline: set[str] = set()
-
-    def download_url(self, repo, commit, path):
-        return f"http://hub/{repo}/{commit}/{path}"
-
-    async def ask_location(self, repo, commit, path, region):
-        self.calls.append((commit, path, region))
-        await trio.sleep(self.delay)
-        queued = self.fail.get(region)
-        if queued:
-            failure = queued.pop(0)
-            if isinstance(failure, Exception):
-                raise failure
-            return Answer(failure, None)
-        if path in self.inline:
-            return Answer(200, None)
-        if region and path in self.holders.get(region, ()):
-            return Answer(302, f"grpc://{region}.store:443/{region}/{repo}/{path}?generation=1")
-        return Answer(302, CDN + path)
 
 
 async def test_order_is_local_then_peers_in_order_then_cdn():

@@ -15,8 +15,7 @@ import grpc
 import httpx
 import pytest
 from google.rpc import status_pb2
-from mounting import MiB, make_bytes, write_file
-from servers import start_regions, start_server
+from fusefs.testing import MiB, run_cli, sample_bytes, start_regions, start_server, write_file
 
 from fusefs.data.location import parse_grpc_url
 from fusefs.proto import storage_pb2 as pb
@@ -28,10 +27,10 @@ BIG = 256 * MiB
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    write_file(root / "acme" / "m" / "a.bin", make_bytes(5 * MiB + 321, seed=1))
+    write_file(root / "acme" / "m" / "a.bin", sample_bytes(5 * MiB + 321, seed=1))
     write_file(root / "acme" / "m" / "sub" / "b.txt", b"hello\n")
-    write_file(root / "acme" / "m" / "big.bin", make_bytes(BIG, seed=2))
-    write_file(root / "other" / "x" / "c.bin", make_bytes(1000, seed=3))
+    write_file(root / "acme" / "m" / "big.bin", sample_bytes(BIG, seed=2))
+    write_file(root / "other" / "x" / "c.bin", sample_bytes(1000, seed=3))
     server = start_regions(root, {"east": ["acme/*"], "west": ["other/*"]}, "--faults")
     http = httpx.Client(base_url=server.hub, follow_redirects=False, timeout=30)
     yield root, server, http
@@ -372,7 +371,7 @@ def test_faults_are_off_unless_asked(tmp_path):
 
 
 def test_sigterm_exits_cleanly_with_an_open_stream(tmp_path):
-    write_file(tmp_path / "s" / "a" / "b" / "f", make_bytes(4 * MiB, seed=1))
+    write_file(tmp_path / "s" / "a" / "b" / "f", sample_bytes(4 * MiB, seed=1))
     server = start_server(tmp_path / "s")
     channel = grpc.insecure_channel(server.grpc[""])
     queue_open = iter([pb.BidiReadObjectRequest(read_object_spec=pb.BidiReadObjectSpec(
@@ -405,10 +404,9 @@ def test_bad_command_lines(tmp_path, args, words):
         paths[name].write_text(text)
     (tmp_path / "root").mkdir()
     argv = [a.format(root=tmp_path / "root", **paths) for a in args]
-    result = subprocess.run([sys.executable, "-m", "fusefs", "serve", *argv, "--http",
-                             "127.0.0.1:0"] if "--http" not in argv else
-                            [sys.executable, "-m", "fusefs", "serve", *argv],
-                            capture_output=True, text=True, timeout=30)
+    if "--http" not in argv:
+        argv += ["--http", "127.0.0.1:0"]
+    result = run_cli("serve", *argv, timeout=30)
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert words in result.stderr and len(lines) <= 3, result.stderr

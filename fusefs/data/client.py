@@ -17,7 +17,7 @@ import httpx
 import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
-from fusefs.data.budget import MemoryBudget
+from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.http import HttpRangeSource
 from fusefs.data.location import location_kind, parse_grpc_url
 from fusefs.data.ranges import trio_waker

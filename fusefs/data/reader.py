@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from fusefs.data.budget import MemoryBudget
+from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.errors import DataError, DeadlineError
 from fusefs.data.ranges import RangeMap, RangeRead, SequentialTracker, aligned_pieces
 

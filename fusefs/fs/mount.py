@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -77,12 +78,15 @@ def check_mountpoint(path: str) -> str:
 
 
 def mount_source(path: str) -> tuple[str, str] | None:
-    """(device major:minor, fs type) of the mount at exactly `path`, or None."""
+    """(device major:minor, fs type) of the mount at exactly `path`, or None.
+
+    Unlike os.path.ismount, this sees a FUSE mount whose process died (ENOTCONN)."""
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
-                mnt = fields[4].encode().decode("unicode_escape")
+                # mountinfo escapes space, tab, newline and backslash as \ooo; the rest is raw
+                mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
                 if mnt == path:
                     sep = fields.index("-")
                     return fields[2], fields[sep + 1]

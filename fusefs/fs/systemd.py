@@ -1,43 +1,12 @@
-"""systemd integration: readiness notification and the unit files we ship."""
+"""systemd integration at run time: readiness and stopping notifications (sd_notify)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
-import sys
 
 log = logging.getLogger(__name__)
-
-UNIT = """\
-[Unit]
-Description=modelfs: model-hub repositories mounted read-only at {mountpoint}
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-# Ready is sent only once the mount is live (FUSE INIT done).
-Type=notify
-NotifyAccess=main
-ExecStartPre=/bin/mkdir -p {mountpoint}
-ExecStart={modelfs} mount {mountpoint} --foreground --config {config}
-ExecStop={modelfs} unmount {mountpoint}
-Restart=on-failure
-RestartSec=2
-TimeoutStopSec=30
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-def unit_text(template: bool, mountpoint: str = "/models",
-              config: str = "/etc/modelfs/config.toml") -> str:
-    modelfs = shutil.which("modelfs") or os.path.join(os.path.dirname(sys.executable), "modelfs")
-    if template:
-        # modelfs@data-models.service mounts /data/models with /etc/modelfs/data-models.toml
-        mountpoint, config = "%f", "/etc/modelfs/%i.toml"
-    return UNIT.format(modelfs=modelfs, mountpoint=mountpoint, config=config)
 
 
 def notify(state: str) -> bool:

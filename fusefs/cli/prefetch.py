@@ -11,6 +11,9 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+import click
+
+from fusefs.cli.status import human_bytes
 from fusefs.hub.resolve import MARKERS
 
 BLOCK = 4 << 20
@@ -57,7 +60,7 @@ def warm(path: str, on_progress) -> Outcome:
     return out
 
 
-def prefetch(paths: list[str], jobs: int, console: Console | None = None) -> list[Outcome]:
+def warm_all(paths: list[str], jobs: int, console: Console | None = None) -> list[Outcome]:
     files = expand(paths)
     console = console or Console(stderr=True)
     show = console.is_terminal
@@ -82,3 +85,25 @@ def prefetch(paths: list[str], jobs: int, console: Console | None = None) -> lis
         if o.error:
             print(f"modelfs prefetch: {o.path}: {o.error}", file=sys.stderr)
     return outcomes
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--jobs", "-j", default=4, show_default=True, help="Files read at once.")
+def prefetch(paths, jobs):
+    """Warm files, or whole repos, into the page cache through the mount.
+
+    One progress bar per file (⚡ local, ⇄ peer, blank CDN); quiet when not a terminal.
+    Exits non-zero if any file failed.
+
+    \b
+    Example:
+      modelfs prefetch /models/Qwen/Qwen3-8B
+    """
+    outcomes = warm_all(list(paths), jobs)
+    failed = [o for o in outcomes if o.error]
+    total = sum(o.bytes for o in outcomes)
+    click.echo(f"prefetched {len(outcomes) - len(failed)} of {len(outcomes)} files, {human_bytes(total)}",
+               err=True)
+    if failed:
+        sys.exit(1)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from fusefs import __version__
-from fusefs.data.memory import tune_malloc
+from fusefs.cli.config import config
+from fusefs.cli.mount import mount, unmount
+from fusefs.cli.prefetch import prefetch
+from fusefs.cli.serve import serve
+from fusefs.cli.status import status
+from fusefs.cli.systemd import systemd_unit
+from fusefs.data.malloc_tuning import tune_malloc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,16 +28,5 @@ def main() -> None:
     tune_malloc()  # every subcommand moves MiB-sized buffers
 
 
-from fusefs.server.command import serve  # noqa: E402
-
-main.add_command(serve)
-
-from fusefs.fs.command import (  # noqa: E402
-    config, mount, prefetch, status, systemd_unit, unmount)
-
-main.add_command(mount)
-main.add_command(unmount)
-main.add_command(config)
-main.add_command(status)
-main.add_command(prefetch)
-main.add_command(systemd_unit)
+for command in (serve, mount, unmount, config, status, prefetch, systemd_unit):
+    main.add_command(command)

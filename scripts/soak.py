@@ -3,23 +3,29 @@
 Readers mix sequential reads, random preads and mmap over several files of a
 mounted repo; a fault thread injects a random fault every `fault_every` seconds
 (broken streams, delays, UNAVAILABLE, redirects, corrupt checksums) and restarts
-the store once. Used by tests/test_soak.py (short) and scripts/soak (long).
+the store once. `scripts/soak` runs it for long; tests/test_soak.py runs it short.
+It prints its report as JSON and exits non-zero on a wrong byte, a hang, or
+memory above the budget plus 300 MiB.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import mmap
 import multiprocessing
 import os
 import queue
 import random
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mounting import MiB, make_bytes, start_mount, write_file
-from servers import start_server
+from fusefs.testing import MiB, peak_rss_mib, sample_bytes, start_mount, write_file
+from fusefs.testing import start_server
 
 FAULTS = [
     ("break", lambda rng: {"after_bytes": rng.randrange(1, 6 * MiB)}),
@@ -58,14 +64,6 @@ class Report:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _mismatch(got: bytes, want: bytes) -> int:
     if got == want:
         return 0
@@ -78,7 +76,7 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
     root = work / "store"
     contents = {}
     for i in range(files):
-        data = make_bytes(file_mib * MiB + 1000 * i, seed=seed + i)
+        data = sample_bytes(file_mib * MiB + 1000 * i, seed=seed + i)
         write_file(root / "soak" / "repo" / f"f{i}.bin", data)
         contents[f"f{i}.bin"] = data
     server = start_server(root, "--faults")
@@ -221,7 +219,7 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
         stop.set()
         injector.join(timeout=30)
         report.seconds = time.monotonic() - t0
-        report.peak_rss_mib = _peak_rss_mib(mount.pid)
+        report.peak_rss_mib = peak_rss_mib(mount.pid) or 0.0
         status = mount.status()
         report.reopens = status["stream_reopens"]
         for k, v in server.stats()["faults_injected"].items():
@@ -231,3 +229,29 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
         mount.unmount()
         server.stop()
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/soak")
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--readers", type=int, default=32)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--file-mib", type=int, default=64)
+    ap.add_argument("--fault-every", type=float, default=3.0)
+    ap.add_argument("--memory-mib", type=int, default=256)
+    ap.add_argument("--read-timeout", type=float, default=10)
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="modelfs-soak-") as tmp:
+        report = run_soak(Path(tmp), seconds=a.minutes * 60, readers=a.readers, files=a.files,
+                          file_mib=a.file_mib, fault_every=a.fault_every, restart=True,
+                          memory_mib=a.memory_mib, read_timeout=a.read_timeout)
+    view = report.view()
+    print(json.dumps(view, indent=2))
+    ok = view["wrong_bytes"] == 0 and view["hung"] == 0 and \
+        view["peak_rss_mib"] <= view["memory_budget_mib"] + 300
+    print("soak:", "PASS" if ok else "FAIL", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`modelfs mount` and `modelfs unmount`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import click
+
+from fusefs import logs
+from fusefs.cache.store import CacheLimits
+from fusefs.cli.config import effective_settings, setting_options
+from fusefs.config import Value
+from fusefs.data.reader import ReadLimits
+from fusefs.fs.mount import MountError, MountSettings, mount_source, run_mount
+from fusefs.hub.client import RepoSpec
+
+READY_FD_ENV = "MODELFS_READY_FD"
+START_TIMEOUT = 120.0
+
+
+def read_token(values: dict[str, Value]) -> str | None:
+    path = values["token_file"].value
+    if path:
+        try:
+            with open(path) as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise click.ClickException(f"token file {path}: {e.strerror}") from None
+    return os.environ.get("MODELSCOPE_API_TOKEN") or None
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@setting_options
+@click.option("--foreground", "-f", is_flag=True, help="Stay attached and log to stderr.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background mount logs.")
+def mount(mountpoint, config, foreground, log_file, **flags):
+    """Mount hub repos read-only at MOUNTPOINT as MOUNTPOINT/<owner>/<name>/<file>.
+
+    Settings come from flags, then environment variables, then the config file,
+    then defaults (see `modelfs config show`).
+
+    \b
+    Examples:
+      modelfs mount /models --hub http://127.0.0.1:8080 --repo Qwen/Qwen3-8B
+      modelfs mount /models --hub http://hub:8080 --repo acme/llm@v1.0 --region cn-hangzhou \\
+          --inter-regions cn-beijing,cn-shanghai --foreground
+    """
+    values = effective_settings(config, flags)
+    if values["hub"].value is None:
+        raise click.ClickException("no hub: give --hub URL, MODELFS_HUB, or hub = \"URL\" in the config file")
+    token = read_token(values)
+    settings = MountSettings(
+        mountpoint=mountpoint,
+        hub=values["hub"].value,
+        repos=tuple(RepoSpec.parse(r) for r in values["repos"].value),
+        region=values["region"].value,
+        peers=values["inter_regions"].value,
+        token=token,
+        memory_budget=values["memory"].value,
+        read_limits=ReadLimits(deadline=values["read_timeout"].value),
+        allow_other=values["allow_other"].value,
+        metrics=values["metrics"].value,
+        cache_dir=values["cache_dir"].value,
+        cache_limits=CacheLimits(size=values["cache_size"].value,
+                                 min_free=values["cache_min_free"].value),
+    )
+    if not foreground:
+        sys.exit(_start_in_background(mountpoint, log_file))
+    logs.setup(values["log_level"].value, values["log_format"].value, secrets=(token or "",))
+    ready_fd = os.environ.pop(READY_FD_ENV, None)  # set when a background start waits on us
+    try:
+        run_mount(settings, on_ready=lambda: _tell_starter(ready_fd, "ok"))
+    except MountError as e:
+        _tell_starter(ready_fd, f"error: {e}")
+        raise click.ClickException(str(e)) from None
+
+
+def _tell_starter(fd: str | None, line: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), line.encode() + b"\n")
+        os.close(int(fd))
+    except OSError:
+        pass  # the starter is gone; nothing to tell
+
+
+def _start_in_background(mountpoint: str, log_file: str | None) -> int:
+    """Run the mount as a detached child; return once it is live (0) or has failed."""
+    if log_file is None:
+        tag = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+        log_file = os.path.join(tempfile.gettempdir(), f"modelfs-{os.getuid()}-{tag}.log")
+    read_end, write_end = os.pipe()
+    argv = [sys.executable, "-m", "fusefs", *sys.argv[1:], "--foreground"]
+    with open(log_file, "ab") as log:
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
+            env={**os.environ, READY_FD_ENV: str(write_end)}, start_new_session=True)
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        answer = ready.readline().strip()
+    if answer == "ok":
+        click.echo(f"mounted {os.path.abspath(mountpoint)} (pid {child.pid}, logs: {log_file})")
+        return 0
+    try:
+        code = child.wait(timeout=START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        code = 1
+    message = answer.removeprefix("error: ") or f"mount process exited with {code}; see {log_file}"
+    click.echo(f"Error: {message}", err=True)
+    return code or 1
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--lazy/--no-lazy", default=True, show_default=True,
+              help="Detach even while files are open (readers then get errors).")
+def unmount(mountpoint, lazy):
+    """Unmount a modelfs mount.
+
+    \b
+    Example:
+      modelfs unmount /models
+    """
+    path = os.path.abspath(mountpoint)
+    source = mount_source(path)
+    if source is None:
+        raise click.ClickException(f"{path} is not mounted")
+    if source[1] != "fuse.modelfs":
+        raise click.ClickException(f"{path} is a {source[1]} mount, not modelfs")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", path] if tool else ["umount", path]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 and lazy:
+        result = subprocess.run(cmd[:-1] + (["-z"] if tool else ["-l"]) + [path],
+                                capture_output=True, text=True)
+    if result.returncode != 0:
+        raise click.ClickException(f"could not unmount {path}: {result.stderr.strip()}")
+
+

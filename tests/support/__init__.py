@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite (process harnesses live in fusefs.testing)."""
