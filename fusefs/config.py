@@ -52,6 +52,7 @@ def _list(item: Callable[[object], object]) -> Callable[[object], tuple]:
         if not isinstance(value, (list, tuple)):
             raise ValueError("expected a list")
         return tuple(item(v) for v in value)
+
     return parse
 
 
@@ -106,6 +107,7 @@ def _choice(*options: str) -> Callable[[object], str]:
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
         return text
+
     return parse
 
 
@@ -137,35 +139,112 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("hub", _url, None, ("MODELFS_HUB",), "Hub API base URL.", "URL"),
-    Setting("repos", _list(_repo), (), ("MODELFS_REPOS",),
-            "Pin a repo at mount (repeatable); others are found on first access.",
-            "OWNER/NAME[@REV]", flag_name="--repo", repeatable=True),
-    Setting("region", _region, None, ("MODELFS_REGION", "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION"),
-            "This machine's region; asked of the hub when unset.", "NAME"),
-    Setting("inter_regions", _list(_region), (),
-            ("MODELFS_INTER_REGIONS", "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS"),
-            "Peer regions reachable over private links, in order of preference.", "A,B"),
-    Setting("token_file", _path, None, ("MODELFS_TOKEN_FILE",),
-            "File holding the hub token (MODELSCOPE_API_TOKEN is read too).", "PATH"),
-    Setting("memory", _size, DEFAULT_MEMORY_BUDGET, ("MODELFS_MEMORY",),
-            "Budget for buffered and prefetched bytes, all files together.", "SIZE"),
-    Setting("cache_dir", _path, None, ("MODELFS_CACHE_DIR",),
-            "Keep fetched blocks on local disk here, across mounts and restarts (off when unset).",
-            "DIR"),
-    Setting("cache_size", _size, DEFAULT_CACHE_SIZE, ("MODELFS_CACHE_SIZE",),
-            "Most disk the cache may take; least recently used files go first.", "SIZE"),
-    Setting("cache_min_free", _size, DEFAULT_MIN_FREE, ("MODELFS_CACHE_MIN_FREE",),
-            "Free space the cache always leaves on its filesystem.", "SIZE"),
-    Setting("read_timeout", _seconds, 30.0, ("MODELFS_READ_TIMEOUT",),
-            "A read not served within this many seconds fails with EIO.", "SECONDS"),
-    Setting("metrics", _host_port, None, ("MODELFS_METRICS",),
-            "Serve Prometheus metrics on this address (loopback advised).", "HOST:PORT"),
-    Setting("log_format", _choice("text", "json"), "text", ("MODELFS_LOG_FORMAT",),
-            "Log lines as text or JSON.", "text|json"),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "info",
-            ("MODELFS_LOG_LEVEL",), "Least severe level logged.", "LEVEL"),
-    Setting("allow_other", _bool, False, ("MODELFS_ALLOW_OTHER",),
-            "Let users other than the mounting one read the mount.", "BOOL"),
+    Setting(
+        "repos",
+        _list(_repo),
+        (),
+        ("MODELFS_REPOS",),
+        "Pin a repo at mount (repeatable); others are found on first access.",
+        "OWNER/NAME[@REV]",
+        flag_name="--repo",
+        repeatable=True,
+    ),
+    Setting(
+        "region",
+        _region,
+        None,
+        ("MODELFS_REGION", "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION"),
+        "This machine's region; asked of the hub when unset.",
+        "NAME",
+    ),
+    Setting(
+        "inter_regions",
+        _list(_region),
+        (),
+        ("MODELFS_INTER_REGIONS", "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS"),
+        "Peer regions reachable over private links, in order of preference.",
+        "A,B",
+    ),
+    Setting(
+        "token_file",
+        _path,
+        None,
+        ("MODELFS_TOKEN_FILE",),
+        "File holding the hub token (MODELSCOPE_API_TOKEN is read too).",
+        "PATH",
+    ),
+    Setting(
+        "memory",
+        _size,
+        DEFAULT_MEMORY_BUDGET,
+        ("MODELFS_MEMORY",),
+        "Budget for buffered and prefetched bytes, all files together.",
+        "SIZE",
+    ),
+    Setting(
+        "cache_dir",
+        _path,
+        None,
+        ("MODELFS_CACHE_DIR",),
+        "Keep fetched blocks on local disk here, across mounts and restarts (off when unset).",
+        "DIR",
+    ),
+    Setting(
+        "cache_size",
+        _size,
+        DEFAULT_CACHE_SIZE,
+        ("MODELFS_CACHE_SIZE",),
+        "Most disk the cache may take; least recently used files go first.",
+        "SIZE",
+    ),
+    Setting(
+        "cache_min_free",
+        _size,
+        DEFAULT_MIN_FREE,
+        ("MODELFS_CACHE_MIN_FREE",),
+        "Free space the cache always leaves on its filesystem.",
+        "SIZE",
+    ),
+    Setting(
+        "read_timeout",
+        _seconds,
+        30.0,
+        ("MODELFS_READ_TIMEOUT",),
+        "A read not served within this many seconds fails with EIO.",
+        "SECONDS",
+    ),
+    Setting(
+        "metrics",
+        _host_port,
+        None,
+        ("MODELFS_METRICS",),
+        "Serve Prometheus metrics on this address (loopback advised).",
+        "HOST:PORT",
+    ),
+    Setting(
+        "log_format",
+        _choice("text", "json"),
+        "text",
+        ("MODELFS_LOG_FORMAT",),
+        "Log lines as text or JSON.",
+        "text|json",
+    ),
+    Setting(
+        "log_level",
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        ("MODELFS_LOG_LEVEL",),
+        "Least severe level logged.",
+        "LEVEL",
+    ),
+    Setting(
+        "allow_other",
+        _bool,
+        False,
+        ("MODELFS_ALLOW_OTHER",),
+        "Let users other than the mounting one read the mount.",
+        "BOOL",
+    ),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -195,8 +274,9 @@ def load_file(path: str | None, environ) -> tuple[dict, str | None]:
     return table, path
 
 
-def merge(flags: dict[str, object], config_path: str | None,
-          environ: dict[str, str] | None = None) -> dict[str, Value]:
+def merge(
+    flags: dict[str, object], config_path: str | None, environ: dict[str, str] | None = None
+) -> dict[str, Value]:
     """Every setting's effective value and where it came from."""
     environ = os.environ if environ is None else environ
     table, path = load_file(config_path, environ)

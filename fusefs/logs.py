@@ -28,7 +28,7 @@ class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                    + f".{int(record.msecs):03d}Z",
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -41,8 +41,11 @@ class _Json(logging.Formatter):
 def setup(level: str = "info", fmt: str = "text", secrets: tuple[str, ...] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Redact(secrets))
-    handler.setFormatter(_Json() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _Json()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -66,8 +66,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0,
-             what: str = "condition") -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -77,18 +78,27 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0,
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without any modelfs or ModelScope setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODELFS_", "MODELSCOPE_", "NOTIFY_SOCKET"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MODELFS_", "MODELSCOPE_", "NOTIFY_SOCKET"))
+    }
     return {**env, **extra}
 
 
-def run_cli(*args: str, timeout: float = 60, check: bool = False,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 60, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`modelfs ARGS…` in a child process, as a user would run it; settings come only
     from ARGS and `env` (default: `clean_env()`), never from the caller's environment."""
-    return subprocess.run([sys.executable, "-m", "fusefs", *args], capture_output=True,
-                          text=True, timeout=timeout, check=check,
-                          env=clean_env() if env is None else env)
+    return subprocess.run(
+        [sys.executable, "-m", "fusefs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env=clean_env() if env is None else env,
+    )
 
 
 def is_mounted(path: Path | str) -> bool:
@@ -170,7 +180,10 @@ def start_server(root: Path | str, *args: str, log: Path | None = None) -> Serve
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fusefs", "serve", str(root), "--http", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     handle = ServerHandle(proc, hub="")
     deadline = time.monotonic() + START_TIMEOUT
     buf = b""
@@ -180,8 +193,10 @@ def start_server(root: Path | str, *args: str, log: Path | None = None) -> Serve
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or proc.poll() is not None:
-                raise RuntimeError(f"modelfs serve did not start; see {log}:\n"
-                                   f"{log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"modelfs serve did not start; see {log}:\n"
+                    f"{log.read_text(errors='replace')[-2000:]}"
+                )
             ready, _, _ = select.select([proc.stdout], [], [], left)
             if not ready:
                 continue
@@ -204,9 +219,12 @@ def start_server(root: Path | str, *args: str, log: Path | None = None) -> Serve
 def start_regions(root: Path | str, regions: dict[str, list[str]], *args: str) -> ServerHandle:
     """`modelfs serve` playing several regions, {name: [repo globs]}, each on its own port."""
     topology = Path(root).with_name(Path(root).name + "-topology.toml")
-    topology.write_text("".join(
-        f'[regions.{name}]\ngrpc = "127.0.0.1:0"\nrepos = {json.dumps(globs)}\n'
-        for name, globs in regions.items()))
+    topology.write_text(
+        "".join(
+            f'[regions.{name}]\ngrpc = "127.0.0.1:0"\nrepos = {json.dumps(globs)}\n'
+            for name, globs in regions.items()
+        )
+    )
     return start_server(root, "--topology", str(topology), *args)
 
 
@@ -242,8 +260,9 @@ class Mount:
             if not is_mounted(self.path) and not alive(self.pid):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"{self.path} still mounted or mount process alive:\n"
-                             f"{self.log_text()[-3000:]}")
+        raise AssertionError(
+            f"{self.path} still mounted or mount process alive:\n{self.log_text()[-3000:]}"
+        )
 
 
 def start_mount(path: Path, hub: str, *args: str, log: Path | None = None) -> Mount:
@@ -252,8 +271,10 @@ def start_mount(path: Path, hub: str, *args: str, log: Path | None = None) -> Mo
     log = log or path.with_name(path.name + ".log")
     result = run_cli("mount", str(path), "--hub", hub, "--log-file", str(log), *args)
     if result.returncode != 0:
-        raise AssertionError(f"mount failed ({result.returncode}): {result.stderr}\n"
-                             f"{log.read_text() if log.exists() else ''}")
+        raise AssertionError(
+            f"mount failed ({result.returncode}): {result.stderr}\n"
+            f"{log.read_text() if log.exists() else ''}"
+        )
     found = re.search(r"pid (\d+)", result.stdout)
     assert found is not None, result.stdout
     assert is_mounted(path)

@@ -58,8 +58,15 @@ import numpy as np
 import trio
 
 from bench_peers import (
-    RCLONE_FLAGS, PeerUnavailable, ensure_packages, find_binary, nginx_serving, rclone_mount,
-    unmount_all_under, version_line)
+    RCLONE_FLAGS,
+    PeerUnavailable,
+    ensure_packages,
+    find_binary,
+    nginx_serving,
+    rclone_mount,
+    unmount_all_under,
+    version_line,
+)
 from bench_report import Report, add_ratios, print_report, targets
 
 from fusefs.cache.store import CacheLimits, DiskCache, cache_key
@@ -117,9 +124,12 @@ def make_store(root: Path, big: int) -> Path:
     for block, threads in RANDOM_RUNS:  # one file per run, so each run starts cold
         write_random(repo / random_name(block, threads), RANDOM_FILE_BYTES[block], rng)
     from safetensors.numpy import save_file
+
     for shard, name in enumerate(shard_names(), 1):  # ~64 MiB each
-        tensors = {f"layers.{shard}.{i}.weight": rng.standard_normal((2048, 2048), dtype=np.float32)
-                   for i in range(4)}
+        tensors = {
+            f"layers.{shard}.{i}.weight": rng.standard_normal((2048, 2048), dtype=np.float32)
+            for i in range(4)
+        }
         save_file(tensors, str(repo / name))
     return repo
 
@@ -143,8 +153,14 @@ def evict(path: Path) -> None:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 
@@ -194,6 +210,7 @@ def read_files_mb_s(paths: list[Path]) -> float:
 def load_shards(directory: Path, how: str) -> float:
     """Seconds to load every shard with the safetensors library, by read or by mmap."""
     from safetensors.numpy import load, load_file
+
     t = time.perf_counter()
     for name in shard_names():
         if how == "read":
@@ -207,6 +224,7 @@ def load_shards(directory: Path, how: str) -> float:
 
 def concurrent_readers(path: Path, readers: int) -> float:
     import multiprocessing
+
     ctx = multiprocessing.get_context("fork")
     t = time.perf_counter()
     procs = [ctx.Process(target=read_sequential, args=(path,)) for _ in range(readers)]
@@ -250,10 +268,12 @@ def grpc_drain(endpoint: str, bucket: str, obj: str, size: int) -> float:
     import grpc
     from fusefs.proto import storage_pb2 as pb
     from fusefs.proto import storage_pb2_grpc
+
     channel = grpc.insecure_channel(endpoint, [("grpc.max_receive_message_length", 32 * MiB)])
     request = pb.BidiReadObjectRequest(
         read_object_spec=pb.BidiReadObjectSpec(bucket=f"projects/_/buckets/{bucket}", object=obj),
-        read_ranges=[pb.ReadRange(read_offset=0, read_length=size, read_id=1)])
+        read_ranges=[pb.ReadRange(read_offset=0, read_length=size, read_id=1)],
+    )
     t = time.perf_counter()
     got = 0
     for response in storage_pb2_grpc.StorageStub(channel).BidiReadObject(iter([request])):
@@ -268,8 +288,10 @@ def grpc_drain(endpoint: str, bucket: str, obj: str, size: int) -> float:
 def pump_vs_store(store_endpoint: str, size: int) -> dict:
     """`modelfs serve` against a minimal byte pump, same client, same size, one stream."""
     import subprocess
-    pump = subprocess.Popen([sys.executable, "-c", PUMP_SERVER, str(size)],
-                            stdout=subprocess.PIPE, text=True)
+
+    pump = subprocess.Popen(
+        [sys.executable, "-c", PUMP_SERVER, str(size)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert pump.stdout is not None
         port = int(pump.stdout.readline())
@@ -279,8 +301,9 @@ def pump_vs_store(store_endpoint: str, size: int) -> dict:
         pump.wait()
         if pump.stdout:
             pump.stdout.close()
-    store_mb_s = max(grpc_drain(store_endpoint, "home", "bench/model/big.bin", size)
-                     for _ in range(2))
+    store_mb_s = max(
+        grpc_drain(store_endpoint, "home", "bench/model/big.bin", size) for _ in range(2)
+    )
     return {"pump_mb_s": pump_mb_s, "store_mb_s": store_mb_s, "ratio": store_mb_s / pump_mb_s}
 
 
@@ -289,8 +312,9 @@ async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) ->
     async with HubClient(hub) as client:
         snap = await client.snapshot(REPO)
         sizes = {f.path: f.size for f in snap.files}
-        locations = [(await client.ask_location(REPO, snap.commit, p, "home")).location
-                     for p in paths]
+        locations = [
+            (await client.ask_location(REPO, snap.commit, p, "home")).location for p in paths
+        ]
     async with DataClient() as data:
         t = time.perf_counter()
         for path, location in zip(paths, locations):
@@ -301,8 +325,9 @@ async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) ->
         return time.perf_counter() - t
 
 
-def random_preads(path: Path, size: int, block: int, threads: int, seconds: float,
-                  seed: int) -> dict:
+def random_preads(
+    path: Path, size: int, block: int, threads: int, seconds: float, seed: int
+) -> dict:
     """pread of random, distinct, block-aligned blocks of a file this system has not read.
 
     No block is read twice, so a read is served from memory only when the system brought
@@ -336,9 +361,15 @@ def random_preads(path: Path, size: int, block: int, threads: int, seconds: floa
     merged = sorted(x for mine in latencies for x in mine)
     n = len(merged)
     return {
-        "block": block, "threads": threads, "ops": n, "seconds": elapsed,
-        "all_blocks_read": n == len(slots), "iops": n / elapsed, "mb_s": n * block / elapsed / 1e6,
-        "p50_ms": merged[n // 2] * 1e3, "p99_ms": merged[min(n - 1, n * 99 // 100)] * 1e3,
+        "block": block,
+        "threads": threads,
+        "ops": n,
+        "seconds": elapsed,
+        "all_blocks_read": n == len(slots),
+        "iops": n / elapsed,
+        "mb_s": n * block / elapsed / 1e6,
+        "p50_ms": merged[n // 2] * 1e3,
+        "p99_ms": merged[min(n - 1, n * 99 // 100)] * 1e3,
     }
 
 
@@ -352,8 +383,11 @@ def open_first_byte(path: Path) -> float:
 def ttfb(paths: list[Path]) -> dict:
     """Open + first byte of each (cold) file, one after another."""
     samples = sorted(open_first_byte(p) for p in paths)
-    return {"files": len(samples), "p50_ms": statistics.median(samples) * 1e3,
-            "p95_ms": samples[int(len(samples) * 0.95) - 1] * 1e3}
+    return {
+        "files": len(samples),
+        "p50_ms": statistics.median(samples) * 1e3,
+        "p95_ms": samples[int(len(samples) * 0.95) - 1] * 1e3,
+    }
 
 
 # --- the systems under test --------------------------------------------------------------
@@ -409,8 +443,7 @@ class Bench:
 
 def start_peer(cleanup: ExitStack, b: Bench, report: Report) -> None:
     """nginx serving the store, for rclone to mount; on any obstacle, the rows go null."""
-    info = report["rclone"] = {"available": False, "skipped_because": None,
-                               "flags": RCLONE_FLAGS}
+    info = report["rclone"] = {"available": False, "skipped_because": None, "flags": RCLONE_FLAGS}
     try:
         ensure_packages({"rclone": "rclone", "nginx": "nginx"})
         info["version"] = version_line([str(find_binary("rclone")), "version"])
@@ -442,8 +475,16 @@ def streaming_suite(model: Path, local: Path, seconds: float) -> dict:
     out["random"] = []
     for block, threads in RANDOM_RUNS:
         name = random_name(block, threads)
-        out["random"].append(random_preads(model / name, (local / name).stat().st_size,
-                                           block, threads, seconds, seed=block + threads))
+        out["random"].append(
+            random_preads(
+                model / name,
+                (local / name).stat().st_size,
+                block,
+                threads,
+                seconds,
+                seed=block + threads,
+            )
+        )
     return out
 
 
@@ -452,12 +493,17 @@ def measure_baselines(b: Bench, report: Report) -> None:
     log("store vs byte pump")
     report["store_vs_pump"] = pump_vs_store(b.server.grpc["home"], size)
     log("raw client")
-    report["raw_client_seq_mb_s"] = size / trio.run(raw_client_sequential, b.server.hub,
-                                                    ["big.bin"]) / 1e6
+    report["raw_client_seq_mb_s"] = (
+        size / trio.run(raw_client_sequential, b.server.hub, ["big.bin"]) / 1e6
+    )
     raw_shards_s = trio.run(raw_client_sequential, b.server.hub, shard_names())
     shards = [b.local / name for name in shard_names()]
     total = sum(p.stat().st_size for p in shards)
-    report["shards"] = {"files": SHARDS, "bytes": total, "raw_client_mb_s": total / raw_shards_s / 1e6}
+    report["shards"] = {
+        "files": SHARDS,
+        "bytes": total,
+        "raw_client_mb_s": total / raw_shards_s / 1e6,
+    }
     report["safetensors"] = {"raw_client_fetch_s": raw_shards_s}
     log("local disk")
     evict(b.local / "big.bin")
@@ -543,16 +589,26 @@ async def cache_entries_of(hub: str, paths: list[str]) -> list[tuple[str, int, s
     async with HubClient(hub) as client:
         snap = await client.snapshot(REPO)
     files = {f.path: f for f in snap.files}
-    return [(cache_key(files[p].sha256, str(REPO), snap.commit, p), files[p].size, files[p].sha256)
-            for p in paths]
+    return [
+        (cache_key(files[p].sha256, str(REPO), snap.commit, p), files[p].size, files[p].sha256)
+        for p in paths
+    ]
 
 
 def measure_disk_cache(b: Bench, report: Report) -> None:
     """Cold through the disk cache, then warm from it after a remount (fresh FUSE page cache):
     with the cache files in the page cache, and with their pages dropped (read from disk)."""
     cache = b.work / "cache"
-    args = ("--region", "home", "--cache-dir", str(cache), "--cache-size", CACHE_SIZE,
-            "--cache-min-free", "1")
+    args = (
+        "--region",
+        "home",
+        "--cache-dir",
+        str(cache),
+        "--cache-size",
+        CACHE_SIZE,
+        "--cache-min-free",
+        "1",
+    )
     size = report["size_bytes"]
     big = "big.bin"
     shards = shard_names()
@@ -568,8 +624,9 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
     expected = trio.run(cache_entries_of, b.server.hub, [big, *shards])
 
     def all_sealed(m: Mount) -> bool:
-        return (m.status()["cache"]["sealed"] >= len(expected)
-                and all(disk.is_complete(*e) for e in expected))
+        return m.status()["cache"]["sealed"] >= len(expected) and all(
+            disk.is_complete(*e) for e in expected
+        )
 
     log("disk cache: cold through the cache (filling it)")
     with b.modelfs_mount("cache-fill", *args) as m:
@@ -584,8 +641,10 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
         dc["fill_status"] = m.status()["cache"]
     dc["files_sealed"] = sum(disk.is_complete(*e) for e in expected)
     if dc["seal_wait_s"] is None:
-        log(f"disk cache: not all sealed within {SEAL_TIMEOUT:.0f} s: "
-            f"{dc['files_sealed']} of {len(expected)} files")
+        log(
+            f"disk cache: not all sealed within {SEAL_TIMEOUT:.0f} s: "
+            f"{dc['files_sealed']} of {len(expected)} files"
+        )
     dc["entries"] = len(entries())
     dc["entry_bytes_on_disk"] = sum(p.stat().st_blocks * 512 for p in entries())
 
@@ -597,12 +656,20 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
             before = b.store_bytes()
             value = work(model)
             served = b.store_bytes() - before
-            source = os.getxattr(model / big, "user.modelfs.source").decode() \
-                if label.startswith("cache-warm") else None
+            source = (
+                os.getxattr(model / big, "user.modelfs.source").decode()
+                if label.startswith("cache-warm")
+                else None
+            )
             status = m.status()["cache"]
-        return {"value": value, "store_bytes": served, "entries_resident": resident,
-                "source": source, "hit_bytes": status["hit_bytes"],
-                "miss_bytes": status["miss_bytes"]}
+        return {
+            "value": value,
+            "store_bytes": served,
+            "entries_resident": resident,
+            "source": source,
+            "hit_bytes": status["hit_bytes"],
+            "miss_bytes": status["miss_bytes"],
+        }
 
     def read_big(model: Path) -> float:
         n, t = read_sequential(model / big)
@@ -613,15 +680,17 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
     dc["warm_remount"] = remounted("cache-warm", read_big)
     for how in ("read", "mmap"):
         log(f"disk cache: safetensors by {how} after remount")
-        dc[f"safetensors_{how}"] = remounted(f"cache-st-{how}",
-                                             lambda model, how=how: load_shards(model, how))
+        dc[f"safetensors_{how}"] = remounted(
+            f"cache-st-{how}", lambda model, how=how: load_shards(model, how)
+        )
     log("disk cache: warm after remount, cache files evicted from the page cache")
     for path in entries():
         evict(path)
     dc["warm_remount_evicted"] = remounted("cache-warm-evicted", read_big)
     dc["remount_store_bytes"] = sum(
-        dc[k]["store_bytes"] for k in ("warm_remount", "warm_remount_evicted",
-                                       "safetensors_read", "safetensors_mmap"))
+        dc[k]["store_bytes"]
+        for k in ("warm_remount", "warm_remount_evicted", "safetensors_read", "safetensors_mmap")
+    )
     if dc["remount_store_bytes"]:
         log(f"disk cache: the store served {dc['remount_store_bytes']} bytes after the remount")
 
@@ -667,8 +736,9 @@ def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
     store = work / "store"
     make_store(store, report["size_bytes"])
     # home holds the repo; of three peers only the last does
-    server = start_regions(store, {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"],
-                                   "p3": ["bench/*"]})
+    server = start_regions(
+        store, {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"], "p3": ["bench/*"]}
+    )
     cleanup.callback(quietly, "stopping modelfs serve", server.stop)
     b = Bench(work, store, server, args.seconds)
     start_peer(cleanup, b, report)
@@ -685,27 +755,33 @@ def record_memory(b: Bench, report: Report) -> None:
     """Peak RSS of each mount process; the headline is the max over the mounts that ran
     the sequential, shard, random and safetensors workloads."""
     by_mount = report["mount_vm_hwm_mib_by_mount"] = {
-        k: v for k, v in b.hwm.items() if not k.startswith("rclone-")}
+        k: v for k, v in b.hwm.items() if not k.startswith("rclone-")
+    }
     report["mount_vm_hwm_mib"] = max(
-        (v for k, v in by_mount.items() if k in MAIN_MOUNTS and v is not None), default=None)
+        (v for k, v in by_mount.items() if k in MAIN_MOUNTS and v is not None), default=None
+    )
     rclone_hwm = [v for k, v in b.hwm.items() if k.startswith("rclone-") and v is not None]
     report["rclone_vm_hwm_mib"] = max(rclone_hwm, default=None)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the big file")
-    ap.add_argument("--seconds", type=float, default=5.0,
-                    help="longest duration of each random-read run")
+    ap.add_argument(
+        "--seconds", type=float, default=5.0, help="longest duration of each random-read run"
+    )
     ap.add_argument("--out", default="bench-out/report.json")
     args = ap.parse_args()
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     tune_malloc()  # as the modelfs command does, so the raw client is measured at its best
-    report: Report = {"size_bytes": args.size_mib * MiB,
-                      "memory_budget_mib": DEFAULT_MEMORY_BUDGET / MiB}
+    report: Report = {
+        "size_bytes": args.size_mib * MiB,
+        "memory_budget_mib": DEFAULT_MEMORY_BUDGET / MiB,
+    }
     cleanup = ExitStack()
     try:
         run(cleanup, args, report)
@@ -717,8 +793,17 @@ def main() -> int:
             cleanup.close()
     add_ratios(report)
     ts = targets(report)
-    report["targets"] = [{"source": t.source, "what": t.what, "op": t.op, "bound": t.bound,
-                          "measured": t.measured, "met": t.met} for t in ts]
+    report["targets"] = [
+        {
+            "source": t.source,
+            "what": t.what,
+            "op": t.op,
+            "bound": t.bound,
+            "measured": t.measured,
+            "met": t.met,
+        }
+        for t in ts
+    ]
     report["elapsed_s"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,14 @@ def _apt(args: list[str]) -> subprocess.CompletedProcess[str]:
     cmd = [*sudo, "apt-get", "-o", "DPkg::Lock::Timeout=300", *args]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=APT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return subprocess.CompletedProcess(cmd, 1, "", str(e))
 
@@ -63,8 +69,10 @@ def ensure_packages(packages: dict[str, str]) -> None:
     absent = [binary for binary in packages if find_binary(binary) is None]
     if result.returncode != 0 or absent:
         lines = (result.stderr or result.stdout).strip().splitlines()
-        raise PeerUnavailable(f"apt-get install {' '.join(missing)} failed "
-                              f"({lines[-1] if lines else f'exit {result.returncode}'})")
+        raise PeerUnavailable(
+            f"apt-get install {' '.join(missing)} failed "
+            f"({lines[-1] if lines else f'exit {result.returncode}'})"
+        )
 
 
 def version_line(cmd: list[str]) -> str:
@@ -92,8 +100,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def fuse_unmount(path: Path, lazy: bool = False) -> bool:
     tool = find_binary("fusermount3") or find_binary("fusermount")
-    cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)] if tool else \
-        ["umount", *(["-l"] if lazy else []), str(path)]
+    cmd = (
+        [tool, "-u", *(["-z"] if lazy else []), str(path)]
+        if tool
+        else ["umount", *(["-l"] if lazy else []), str(path)]
+    )
     result = subprocess.run(cmd, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     return result.returncode == 0
 
@@ -166,7 +177,9 @@ class Nginx:
     home: Path
 
 
-def _start_nginx(binary: str, root: Path, home: Path, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+def _start_nginx(
+    binary: str, root: Path, home: Path, attempts: int = 3
+) -> tuple[subprocess.Popen, str]:
     # As root the master would switch its workers to an unprivileged user, which cannot
     # read a 0700 temp dir; these workers only ever serve loopback from that dir.
     user = "user root root;\n" if os.geteuid() == 0 else ""
@@ -176,9 +189,22 @@ def _start_nginx(binary: str, root: Path, home: Path, attempts: int = 3) -> tupl
         conf.write_text(NGINX_CONF.format(root=root, listen=listen, home=home, user=user))
         with open(home / "stderr.log", "ab") as err:
             proc = subprocess.Popen(
-                [binary, "-p", f"{home}/", "-e", str(home / "error.log"), "-c", str(conf),
-                 "-g", "daemon off;"],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+                [
+                    binary,
+                    "-p",
+                    f"{home}/",
+                    "-e",
+                    str(home / "error.log"),
+                    "-c",
+                    str(conf),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
         url = f"http://{listen}/"
         if _wait(lambda: _http_ok(url), proc, START_TIMEOUT):
             return proc, url
@@ -226,12 +252,26 @@ def rclone_mount(url: str, mountpoint: Path, home: Path) -> Iterator[RcloneMount
     config = home / "rclone.conf"
     config.touch()  # an empty config of our own, never the user's
     log = home / f"{mountpoint.name}.log"
-    cmd = [binary, "mount", f":http,url='{url}':", str(mountpoint), *RCLONE_FLAGS,
-           "--cache-dir", str(home / "cache"), "--log-file", str(log)]
+    cmd = [
+        binary,
+        "mount",
+        f":http,url='{url}':",
+        str(mountpoint),
+        *RCLONE_FLAGS,
+        "--cache-dir",
+        str(home / "cache"),
+        "--log-file",
+        str(log),
+    ]
     with open(home / f"{mountpoint.name}.stderr", "ab") as err:
-        proc = subprocess.Popen(cmd, env={**os.environ, "RCLONE_CONFIG": str(config)},
-                                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, "RCLONE_CONFIG": str(config)},
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+        )
     try:
         if not _wait(lambda: is_mounted(mountpoint), proc, START_TIMEOUT):
             raise PeerUnavailable(f"rclone mount did not come up: {_tail(log)}")

@@ -70,9 +70,19 @@ def _mismatch(got: bytes, want: bytes) -> int:
     return sum(a != b for a, b in zip(got, want)) + abs(len(got) - len(want))
 
 
-def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: int,
-             fault_every: float, restart: bool, memory_mib: int = 128,
-             read_timeout: float = 5.0, seed: int = 1) -> Report:
+def run_soak(
+    work: Path,
+    *,
+    seconds: float,
+    readers: int,
+    files: int,
+    file_mib: int,
+    fault_every: float,
+    restart: bool,
+    memory_mib: int = 128,
+    read_timeout: float = 5.0,
+    seed: int = 1,
+) -> Report:
     root = work / "store"
     contents = {}
     for i in range(files):
@@ -82,8 +92,18 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
     server = start_server(root, "--faults")
     http_port = server.hub.rsplit(":", 1)[1]
     grpc_addr = server.grpc[""]
-    mount = start_mount(work / "mnt", server.hub, "--repo", "soak/repo", "--region", "local",
-                        "--memory", f"{memory_mib}M", "--read-timeout", str(read_timeout))
+    mount = start_mount(
+        work / "mnt",
+        server.hub,
+        "--repo",
+        "soak/repo",
+        "--region",
+        "local",
+        "--memory",
+        f"{memory_mib}M",
+        "--read-timeout",
+        str(read_timeout),
+    )
     report = Report(readers=readers, memory_budget_mib=memory_mib)
     stop = threading.Event()
     deadline = time.monotonic() + seconds
@@ -107,8 +127,11 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
                         f.seek(off)
                         for _ in range(rng.randrange(1, 16)):
                             got = f.read(MiB)
-                            mine.add(len(got), _mismatch(got, want[off:off + len(got)]),
-                                     time.monotonic() - start)
+                            mine.add(
+                                len(got),
+                                _mismatch(got, want[off : off + len(got)]),
+                                time.monotonic() - start,
+                            )
                             off += len(got)
                             if not got:
                                 break
@@ -118,23 +141,36 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
                             off = rng.randrange(0, len(want))
                             t = time.monotonic()
                             got = os.pread(f.fileno(), n, off)
-                            mine.add(len(got), _mismatch(got, want[off:off + n]),
-                                     time.monotonic() - t)
+                            mine.add(
+                                len(got), _mismatch(got, want[off : off + n]), time.monotonic() - t
+                            )
                     else:
                         # an I/O error under mmap is SIGBUS: the parent counts the death
                         with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
                             for _ in range(rng.randrange(1, 32)):
                                 off = rng.randrange(0, len(want))
                                 t = time.monotonic()
-                                got = m[off:off + 8192]
-                                mine.add(len(got), _mismatch(got, want[off:off + 8192]),
-                                         time.monotonic() - t)
+                                got = m[off : off + 8192]
+                                mine.add(
+                                    len(got),
+                                    _mismatch(got, want[off : off + 8192]),
+                                    time.monotonic() - t,
+                                )
             except OSError:
                 mine.errors += 1
             if time.monotonic() - start > hang_limit:
                 mine.hung += 1
-            results.put((index, mine.reads, mine.bytes, mine.wrong_bytes, mine.errors, mine.hung,
-                         mine.slowest_op))
+            results.put(
+                (
+                    index,
+                    mine.reads,
+                    mine.bytes,
+                    mine.wrong_bytes,
+                    mine.errors,
+                    mine.hung,
+                    mine.slowest_op,
+                )
+            )
             mine = Report()
 
     def drop_page_cache() -> None:
@@ -160,8 +196,9 @@ def run_soak(work: Path, *, seconds: float, readers: int, files: int, file_mib: 
                         report.faults_injected[k] = report.faults_injected.get(k, 0) + v
                     server.stop()
                     time.sleep(0.5)
-                    server = start_server(root, "--faults", "--http", f"127.0.0.1:{http_port}",
-                                          "--grpc", grpc_addr)
+                    server = start_server(
+                        root, "--faults", "--http", f"127.0.0.1:{http_port}", "--grpc", grpc_addr
+                    )
                     report.restarts += 1
                     restarted = True
                     continue
@@ -242,13 +279,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--read-timeout", type=float, default=10)
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="modelfs-soak-") as tmp:
-        report = run_soak(Path(tmp), seconds=a.minutes * 60, readers=a.readers, files=a.files,
-                          file_mib=a.file_mib, fault_every=a.fault_every, restart=True,
-                          memory_mib=a.memory_mib, read_timeout=a.read_timeout)
+        report = run_soak(
+            Path(tmp),
+            seconds=a.minutes * 60,
+            readers=a.readers,
+            files=a.files,
+            file_mib=a.file_mib,
+            fault_every=a.fault_every,
+            restart=True,
+            memory_mib=a.memory_mib,
+            read_timeout=a.read_timeout,
+        )
     view = report.view()
     print(json.dumps(view, indent=2))
-    ok = view["wrong_bytes"] == 0 and view["hung"] == 0 and \
-        view["peak_rss_mib"] <= view["memory_budget_mib"] + 300
+    ok = (
+        view["wrong_bytes"] == 0
+        and view["hung"] == 0
+        and view["peak_rss_mib"] <= view["memory_budget_mib"] + 300
+    )
     print("soak:", "PASS" if ok else "FAIL", file=sys.stderr)
     return 0 if ok else 1
 

@@ -17,13 +17,28 @@ from pathlib import Path
 import pytest
 
 from fusefs.cache.entry import Layout
-from fusefs.testing import (MiB, free_port, is_mounted, run_cli, sample_bytes, sha256_file,
-                            start_mount, start_server, wait_for, write_file)
+from fusefs.testing import (
+    MiB,
+    free_port,
+    is_mounted,
+    run_cli,
+    sample_bytes,
+    sha256_file,
+    start_mount,
+    start_server,
+    wait_for,
+    write_file,
+)
 
 BLOCK = 64 << 10
-SIZES = {"remount": [24 * MiB + 7, 40 * MiB], "stopped": [6 * MiB + 1, 1 * MiB],
-         "damaged": [10 * MiB + 3], "shared": [24 * MiB + 11, 20 * MiB],
-         "evict": [12 * MiB] * 5, "crash": [48 * MiB + 5]}
+SIZES = {
+    "remount": [24 * MiB + 7, 40 * MiB],
+    "stopped": [6 * MiB + 1, 1 * MiB],
+    "damaged": [10 * MiB + 3],
+    "shared": [24 * MiB + 11, 20 * MiB],
+    "evict": [12 * MiB] * 5,
+    "crash": [48 * MiB + 5],
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +64,19 @@ def entry_path(cache: Path, data: bytes) -> Path:
 
 
 def cache_mount(server, where: Path, repo: str, cache: Path, *args: str):
-    return start_mount(where, server.hub, "--repo", f"acme/{repo}", "--region", "local",
-                       "--cache-dir", str(cache), "--cache-min-free", "1", *args)
+    return start_mount(
+        where,
+        server.hub,
+        "--repo",
+        f"acme/{repo}",
+        "--region",
+        "local",
+        "--cache-dir",
+        str(cache),
+        "--cache-min-free",
+        "1",
+        *args,
+    )
 
 
 OFFSETS = [5 * MiB + 4096, 17 * MiB - 4096, 33 * MiB]  # not 0: a read at 0 starts a prefetch
@@ -66,7 +92,7 @@ def test_second_read_after_remount_fetches_nothing(store, tmp_path):
         assert sha256_file(d / "f0.bin") == hashlib.sha256(big).hexdigest()
         with open(d / "f1.bin", "rb") as f:  # a random reader caches only what it reads
             for off in OFFSETS:
-                assert os.pread(f.fileno(), 4096, off) == sparse[off:off + 4096]
+                assert os.pread(f.fileno(), 4096, off) == sparse[off : off + 4096]
         wait_for(lambda: m.status()["cache"]["sealed"] >= 1, what="f0 sealed")
     finally:
         m.unmount()
@@ -80,7 +106,7 @@ def test_second_read_after_remount_fetches_nothing(store, tmp_path):
         assert sha256_file(d / "f0.bin") == hashlib.sha256(big).hexdigest()
         with open(d / "f1.bin", "rb") as f:
             for off in OFFSETS:
-                assert os.pread(f.fileno(), 4096, off) == sparse[off:off + 4096]
+                assert os.pread(f.fileno(), 4096, off) == sparse[off : off + 4096]
         assert os.getxattr(d / "f0.bin", "user.modelfs.source") == b"cache"
         state = m.status()["cache"]
         assert state["hit_bytes"] >= len(big) and state["used"] >= len(big)
@@ -100,8 +126,18 @@ def test_a_sealed_file_reads_with_the_store_stopped(tmp_path):
     write_file(root / "acme" / "m" / "other.bin", other)
     server = start_server(root)
     cache = tmp_path / "cache"
-    args = ("--repo", "acme/m", "--region", "local", "--cache-dir", str(cache),
-            "--cache-min-free", "1", "--read-timeout", "3")
+    args = (
+        "--repo",
+        "acme/m",
+        "--region",
+        "local",
+        "--cache-dir",
+        str(cache),
+        "--cache-min-free",
+        "1",
+        "--read-timeout",
+        "3",
+    )
     try:
         m = start_mount(tmp_path / "a", server.hub, *args)
         try:
@@ -128,8 +164,9 @@ def test_a_sealed_file_reads_with_the_store_stopped(tmp_path):
         m.unmount()
     # Without a cache there is nothing to fall back on: one clear line, non-zero exit.
     (tmp_path / "d").mkdir()
-    failed = run_cli("mount", str(tmp_path / "d"), "--hub", server.hub, "--repo", "acme/m",
-                     "--region", "local")
+    failed = run_cli(
+        "mount", str(tmp_path / "d"), "--hub", server.hub, "--repo", "acme/m", "--region", "local"
+    )
     assert failed.returncode != 0 and "unreachable" in failed.stderr
 
 
@@ -173,8 +210,12 @@ def test_two_mounts_sharing_a_cache_fetch_each_block_once(store, tmp_path):
     try:
         jobs = [(m, i) for i in range(2) for m in (a, b)]
         with ThreadPoolExecutor(len(jobs)) as pool:
-            digests = list(pool.map(
-                lambda job: sha256_file(job[0].path / "acme" / "shared" / f"f{job[1]}.bin"), jobs))
+            digests = list(
+                pool.map(
+                    lambda job: sha256_file(job[0].path / "acme" / "shared" / f"f{job[1]}.bin"),
+                    jobs,
+                )
+            )
         assert digests == [hashlib.sha256(files["shared"][i]).hexdigest() for _, i in jobs]
         served = a.status()["cache"]["hit_bytes"] + b.status()["cache"]["hit_bytes"]
     finally:
@@ -233,7 +274,7 @@ def test_kill_9_while_filling_leaves_a_cache_the_next_mount_uses(store, tmp_path
     try:
         m = cache_mount(server, tmp_path / "a", "crash", cache)
         f = open(m.path / "acme/crash/f0.bin", "rb")
-        assert f.read(16 * MiB) == data[:16 * MiB]
+        assert f.read(16 * MiB) == data[: 16 * MiB]
         time.sleep(0.3)
         os.kill(m.pid, signal.SIGKILL)  # while prefetched blocks are still being stored
         m.wait_exit(10)

@@ -34,7 +34,11 @@ def test_segments_split_runs_in_order():
     lay = Layout(size=5 * BLOCK, block_size=BLOCK)
     parts = segments(lay, range(0, 5), [True, True, False, True, False])
     assert [(p.blocks, p.on_disk) for p in parts] == [
-        (range(0, 2), True), (range(2, 3), False), (range(3, 4), True), (range(4, 5), False)]
+        (range(0, 2), True),
+        (range(2, 3), False),
+        (range(3, 4), True),
+        (range(4, 5), False),
+    ]
     assert parts[1].start == 2 * BLOCK and parts[1].end == 3 * BLOCK
 
 
@@ -42,12 +46,12 @@ def test_write_then_read_round_trip_only_present_blocks(tmp_path):
     data = os.urandom(3 * BLOCK + 100)
     e = entry_at(tmp_path, data)
     assert e.created and e.present(range(0, 4)) == [False] * 4
-    e.write([data[BLOCK:2 * BLOCK], data[2 * BLOCK:3 * BLOCK]], range(1, 3))
+    e.write([data[BLOCK : 2 * BLOCK], data[2 * BLOCK : 3 * BLOCK]], range(1, 3))
     assert e.present(range(0, 4)) == [False, True, True, False]
-    assert e.read(BLOCK, 3 * BLOCK) == data[BLOCK:3 * BLOCK]
+    assert e.read(BLOCK, 3 * BLOCK) == data[BLOCK : 3 * BLOCK]
     assert e.read(0, 2 * BLOCK) is None  # block 0 is not there
-    e.write([data[3 * BLOCK:]], range(3, 4))
-    assert e.read(3 * BLOCK, len(data)) == data[3 * BLOCK:]
+    e.write([data[3 * BLOCK :]], range(3, 4))
+    assert e.read(3 * BLOCK, len(data)) == data[3 * BLOCK :]
     e.close()
     again = entry_at(tmp_path, data)  # another process's view: same bytes, nothing created
     assert not again.created and again.read(BLOCK, len(data)) == data[BLOCK:]
@@ -66,7 +70,7 @@ def test_damaged_block_is_never_served_and_is_forgotten(tmp_path):
         f.seek(pos)
         f.write(bytes([byte[0] ^ 0xFF]))
     e = entry_at(tmp_path, data)
-    assert e.read(0, 2 * BLOCK) == data[:2 * BLOCK]
+    assert e.read(0, 2 * BLOCK) == data[: 2 * BLOCK]
     assert e.read(0, 4 * BLOCK) is None
     assert e.present(range(0, 4)) == [True, True, False, True]
     e.close()
@@ -141,7 +145,11 @@ def test_unusable_file_is_discarded_and_made_anew(tmp_path):
 
 def test_keys_are_content_addresses():
     sha = "AB" * 32
-    assert cache_key(sha, "a/b", "c1", "x") == cache_key(sha, "z/y", "c2", "w") == "sha256-" + "ab" * 32
+    assert (
+        cache_key(sha, "a/b", "c1", "x")
+        == cache_key(sha, "z/y", "c2", "w")
+        == "sha256-" + "ab" * 32
+    )
     assert cache_key(None, "a/b", "c1", "x") != cache_key(None, "a/b", "c2", "x")
 
 

@@ -31,22 +31,27 @@ def one_line_error(result: subprocess.CompletedProcess, words: str) -> None:
 def test_already_mounted_mountpoint(server, tmp_path):
     m = start_mount(tmp_path / "m", server.hub, "--repo", "acme/m", "--region", "local")
     try:
-        one_line_error(run_cli("mount", str(m.path), "--hub", server.hub, "--region", "local"),
-                       "already a mountpoint")
+        one_line_error(
+            run_cli("mount", str(m.path), "--hub", server.hub, "--region", "local"),
+            "already a mountpoint",
+        )
     finally:
         m.unmount()
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--region", "Bad Region"], "bad region name"),
-    (["--inter-regions", "ok,NOT_OK"], "bad region name"),
-    (["--memory", "lots"], "--memory"),
-    (["--read-timeout", "-3"], "--read-timeout"),
-    (["--metrics", "nowhere"], "--metrics"),
-    (["--cache-size", "0"], "--cache-size"),
-    (["--cache-min-free", "much"], "--cache-min-free"),
-    (["--cache-dir", "/proc/version/cache"], "cache directory /proc/version/cache"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--region", "Bad Region"], "bad region name"),
+        (["--inter-regions", "ok,NOT_OK"], "bad region name"),
+        (["--memory", "lots"], "--memory"),
+        (["--read-timeout", "-3"], "--read-timeout"),
+        (["--metrics", "nowhere"], "--metrics"),
+        (["--cache-size", "0"], "--cache-size"),
+        (["--cache-min-free", "much"], "--cache-min-free"),
+        (["--cache-dir", "/proc/version/cache"], "cache directory /proc/version/cache"),
+    ],
+)
 def test_bad_settings(server, tmp_path, args, words):
     one_line_error(run_cli("mount", str(tmp_path), "--hub", server.hub, *args), words)
     assert not is_mounted(tmp_path)
@@ -58,8 +63,9 @@ def test_bad_config_file(server, tmp_path):
     mp = tmp_path / "mp"
     mp.mkdir()
     one_line_error(run_cli("mount", str(mp), "--config", str(config)), "unknown key 'regoin'")
-    one_line_error(run_cli("mount", str(mp), "--config", str(tmp_path / "none.toml")),
-                   "does not exist")
+    one_line_error(
+        run_cli("mount", str(mp), "--config", str(tmp_path / "none.toml")), "does not exist"
+    )
     one_line_error(run_cli("mount", str(mp)), "no hub")
     assert not is_mounted(mp)
 
@@ -71,10 +77,16 @@ def test_no_fuse_device(server, tmp_path):
     fake = tmp_path / "not-a-device"
     fake.write_text("")
     # In a private mount namespace, hide the FUSE device behind a plain file.
-    script = (f"mount --bind {fake} /dev/fuse && exec {sys.executable} -m fusefs mount {mp} "
-              f"--hub {server.hub} --region local --foreground")
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            capture_output=True, text=True, timeout=60)
+    script = (
+        f"mount --bind {fake} /dev/fuse && exec {sys.executable} -m fusefs mount {mp} "
+        f"--hub {server.hub} --region local --foreground"
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     one_line_error(result, "/dev/fuse")
     assert not is_mounted(mp)
 
@@ -85,9 +97,20 @@ def test_token_goes_only_to_the_hub_and_never_into_logs(server, tmp_path):
     token_file.write_text(token + "\n")
     server.reset_stats()
     # a region the store does not play: the bytes come over the CDN route
-    m = start_mount(tmp_path / "m", server.hub, "--repo", "acme/m", "--token-file",
-                    str(token_file), "--log-level", "debug", "--log-format", "json",
-                    "--region", "elsewhere")
+    m = start_mount(
+        tmp_path / "m",
+        server.hub,
+        "--repo",
+        "acme/m",
+        "--token-file",
+        str(token_file),
+        "--log-level",
+        "debug",
+        "--log-format",
+        "json",
+        "--region",
+        "elsewhere",
+    )
     try:
         assert sha256_file(m.path / "acme" / "m" / "w.bin")
         assert os.getxattr(m.path / "acme" / "m" / "w.bin", "user.modelfs.source") == b"cdn"

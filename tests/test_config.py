@@ -19,8 +19,9 @@ def write(tmp_path, text):
 
 
 def test_flag_beats_env_beats_file_beats_default(tmp_path):
-    path = write(tmp_path, 'hub = "http://file:1"\nregion = "from-file"\nmemory = "1G"\n'
-                           'read_timeout = 12\n')
+    path = write(
+        tmp_path, 'hub = "http://file:1"\nregion = "from-file"\nmemory = "1G"\nread_timeout = 12\n'
+    )
     env = {"MODELFS_REGION": "from-env"}
     got = merge({"region": "from-flag"}, path, env)
     assert (got["region"].value, got["region"].origin) == ("from-flag", "flag")
@@ -32,21 +33,29 @@ def test_flag_beats_env_beats_file_beats_default(tmp_path):
 
 
 def test_modelscope_region_variables_are_honoured():
-    got = merge({}, None, {
-        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION": "cn-a",
-        "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS": "cn-b,cn-c"})
+    got = merge(
+        {},
+        None,
+        {
+            "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION": "cn-a",
+            "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS": "cn-b,cn-c",
+        },
+    )
     assert got["region"].value == "cn-a"
     assert got["inter_regions"].value == ("cn-b", "cn-c")
 
 
-@pytest.mark.parametrize("text,words", [
-    ('hubb = "http://x:1"\n', "unknown key 'hubb'"),
-    ('memory = "lots"\n', "memory"),
-    ('region = "Bad Region"\n', "region"),
-    ('read_timeout = -1\n', "read_timeout"),
-    ('repos = ["noslash"]\n', "repos"),
-    ('hub = \n', "config file"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ('hubb = "http://x:1"\n', "unknown key 'hubb'"),
+        ('memory = "lots"\n', "memory"),
+        ('region = "Bad Region"\n', "region"),
+        ("read_timeout = -1\n", "read_timeout"),
+        ('repos = ["noslash"]\n', "repos"),
+        ("hub = \n", "config file"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, text, words):
     with pytest.raises(ConfigError) as e:
         merge({}, write(tmp_path, text), {})
@@ -59,12 +68,27 @@ def test_missing_explicit_config_is_an_error(tmp_path):
 
 
 def test_fstab_options_translate_to_a_mount_command():
-    args = translate("http://hub:8080", "/models",
-                     "repo=a/b,repo=c/d@v1,region=cn-a,inter_regions=cn-b:cn-c,_netdev,"
-                     "x-systemd.automount,allow_other,noauto")
-    assert args == ["mount", "/models", "--hub", "http://hub:8080", "--repo", "a/b",
-                    "--repo", "c/d@v1", "--region", "cn-a", "--inter-regions", "cn-b,cn-c",
-                    "--allow-other"]
+    args = translate(
+        "http://hub:8080",
+        "/models",
+        "repo=a/b,repo=c/d@v1,region=cn-a,inter_regions=cn-b:cn-c,_netdev,"
+        "x-systemd.automount,allow_other,noauto",
+    )
+    assert args == [
+        "mount",
+        "/models",
+        "--hub",
+        "http://hub:8080",
+        "--repo",
+        "a/b",
+        "--repo",
+        "c/d@v1",
+        "--region",
+        "cn-a",
+        "--inter-regions",
+        "cn-b,cn-c",
+        "--allow-other",
+    ]
     with pytest.raises(HelperError):
         translate("modelfs", "/m", "bogus=1")
     with pytest.raises(HelperError):

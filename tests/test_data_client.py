@@ -78,7 +78,7 @@ async def test_many_concurrent_random_reads_share_the_stream(server):
         reader = client.open_reader(location, SIZE)
 
         async def one(off, n):
-            assert await reader.read(off, n) == data[off:off + n]
+            assert await reader.read(off, n) == data[off : off + n]
 
         async with trio.open_nursery() as nursery:
             for _ in range(64):
@@ -99,11 +99,14 @@ async def test_broken_stream_reopens_once_per_break_and_stays_exact(server):
     assert sum(handle.stats()["streams_opened"].values()) == 2
 
 
-@pytest.mark.parametrize("kind,params", [
-    ("corrupt", {"count": 3}),
-    ("unavailable", {"count": 3}),
-    ("redirect", {"routing_token": "tok-1"}),
-])
+@pytest.mark.parametrize(
+    "kind,params",
+    [
+        ("corrupt", {"count": 3}),
+        ("unavailable", {"count": 3}),
+        ("redirect", {"routing_token": "tok-1"}),
+    ],
+)
 async def test_faults_never_reach_the_reader(server, kind, params):
     handle, data = server
     location = await locate(handle.hub, "blob.bin")
@@ -123,8 +126,9 @@ async def test_persistent_failure_fails_the_read_within_bounds(server):
     handle, _ = server
     location = await locate(handle.hub, "blob.bin")
     handle.add_fault("unavailable", count=1000)
-    async with DataClient(read_limits=ReadLimits(deadline=5),
-                          **fast_limits(max_attempts=3)) as client:
+    async with DataClient(
+        read_limits=ReadLimits(deadline=5), **fast_limits(max_attempts=3)
+    ) as client:
         reader = client.open_reader(location, SIZE)
         with trio.fail_after(5):
             with pytest.raises(DataError):

@@ -15,6 +15,7 @@ from support.doubles import COMMIT, CONTENT, HostileHub
 
 from fusefs.testing import is_mounted, mount_factory, run_cli
 
+
 @pytest.fixture
 def hub():
     h = HostileHub()
@@ -24,8 +25,9 @@ def hub():
 
 @pytest.fixture
 def mounted(hub, tmp_path):
-    with mount_factory(tmp_path, hub.url, "--repo", "evil/repo", "--region", "r1",
-                       "--read-timeout", "5") as make:
+    with mount_factory(
+        tmp_path, hub.url, "--repo", "evil/repo", "--region", "r1", "--read-timeout", "5"
+    ) as make:
         yield make
 
 
@@ -34,17 +36,37 @@ def blob(path, size=len(CONTENT)):
 
 
 def test_bad_names_sizes_and_clashes_are_skipped_with_a_log_line(hub, mounted):
-    hub.files = [blob("good.bin"), blob("dir/inner.bin"), blob("../escape"), blob("/etc/passwd"),
-                 blob("a//b"), blob("nul\u0000x"), blob(""), blob("good.bin"), blob("dir"),
-                 blob("neg", -5), blob("huge", 1 << 62), {"Path": 7}, "junk"]
+    hub.files = [
+        blob("good.bin"),
+        blob("dir/inner.bin"),
+        blob("../escape"),
+        blob("/etc/passwd"),
+        blob("a//b"),
+        blob("nul\u0000x"),
+        blob(""),
+        blob("good.bin"),
+        blob("dir"),
+        blob("neg", -5),
+        blob("huge", 1 << 62),
+        {"Path": 7},
+        "junk",
+    ]
     m = mounted()
     repo = m.path / "evil" / "repo"
     assert sorted(os.listdir(repo)) == ["dir", "good.bin"]
     assert os.listdir(repo / "dir") == ["inner.bin"]
     assert (repo / "good.bin").read_bytes() == CONTENT
     log = m.log_text()
-    for words in ["'..'", "absolute path", "empty name", "NUL", "duplicate", "a directory of that name",
-                  "bad size", "not an object"]:
+    for words in [
+        "'..'",
+        "absolute path",
+        "empty name",
+        "NUL",
+        "duplicate",
+        "a directory of that name",
+        "bad size",
+        "not an object",
+    ]:
         assert words in log, words
 
 

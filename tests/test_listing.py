@@ -12,17 +12,38 @@ def entry(path, size=1, **kw):
 
 
 def test_hostile_entries_are_skipped_and_logged(caplog):
-    files = parse_files("o/r", [
-        entry("ok.bin"), entry("dir/ok2.bin", 5, Sha256="ab" * 32, CommittedDate=7),
-        entry("../escape"), entry("/abs"), entry("a//b"), entry("nul\0name"), entry(""),
-        entry("neg", -1), entry("huge", 1 << 60), entry("str", "12"), entry("ok.bin"),
-        entry("dir"), "not a dict", {"Path": "t", "Type": "tree"},
-    ])
+    files = parse_files(
+        "o/r",
+        [
+            entry("ok.bin"),
+            entry("dir/ok2.bin", 5, Sha256="ab" * 32, CommittedDate=7),
+            entry("../escape"),
+            entry("/abs"),
+            entry("a//b"),
+            entry("nul\0name"),
+            entry(""),
+            entry("neg", -1),
+            entry("huge", 1 << 60),
+            entry("str", "12"),
+            entry("ok.bin"),
+            entry("dir"),
+            "not a dict",
+            {"Path": "t", "Type": "tree"},
+        ],
+    )
     assert [f.path for f in files] == ["dir/ok2.bin", "ok.bin"]
     assert files[0].sha256 == "ab" * 32 and files[0].mtime == 7
     text = caplog.text
-    for word in ["'..'", "absolute", "empty name", "NUL", "bad size", "duplicate",
-                 "a directory of that name", "not an object"]:
+    for word in [
+        "'..'",
+        "absolute",
+        "empty name",
+        "NUL",
+        "bad size",
+        "duplicate",
+        "a directory of that name",
+        "not an object",
+    ]:
         assert word in text, word
 
 
@@ -61,9 +82,12 @@ def test_repo_spec_parsing():
 
 def test_sha256_is_normalised_or_dropped():
     good = "AB" * 32
-    files = parse_files("o/n", [
-        {"Path": "a", "Size": 1, "Sha256": good},
-        {"Path": "b", "Size": 1, "Sha256": "not-a-digest"},
-        {"Path": "c", "Size": 1, "Sha256": "ab" * 31},
-    ])
+    files = parse_files(
+        "o/n",
+        [
+            {"Path": "a", "Size": 1, "Sha256": good},
+            {"Path": "b", "Size": 1, "Sha256": "not-a-digest"},
+            {"Path": "c", "Size": 1, "Sha256": "ab" * 31},
+        ],
+    )
     assert [f.sha256 for f in files] == ["ab" * 32, None, None]

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fusefs.testing import MiB, is_mounted, sample_bytes, run_cli, sha256_file, start_mount, write_file
+from fusefs.testing import (
+    MiB,
+    is_mounted,
+    sample_bytes,
+    run_cli,
+    sha256_file,
+    start_mount,
+    write_file,
+)
 
 from fusefs.testing import start_server
 
@@ -31,10 +39,13 @@ def store(tmp_path_factory):
     write_file(model / "weights.bin", sample_bytes(40 * MiB + 12345, seed=1))
     write_file(model / "sub" / "dir" / "odd.bin", sample_bytes(3 * MiB + 1, seed=2))
     from safetensors.numpy import save_file
+
     rng = np.random.default_rng(3)
     for shard in (1, 2):
-        tensors = {f"layer{shard}.{i}.weight": rng.standard_normal((256, 512), dtype=np.float32)
-                   for i in range(4)}
+        tensors = {
+            f"layer{shard}.{i}.weight": rng.standard_normal((256, 512), dtype=np.float32)
+            for i in range(4)
+        }
         save_file(tensors, str(model / f"model-0000{shard}-of-00002.safetensors"))
     wide = root / "acme" / "wide"
     (wide / "many").mkdir(parents=True)
@@ -50,8 +61,9 @@ def store(tmp_path_factory):
 def mounted(store, tmp_path_factory):
     root, server = store
     mp = tmp_path_factory.mktemp("mnt") / "models"
-    m = start_mount(mp, server.hub, "--repo", "acme/tiny-llm", "--region", "local",
-                    "--read-timeout", "10")
+    m = start_mount(
+        mp, server.hub, "--repo", "acme/tiny-llm", "--region", "local", "--read-timeout", "10"
+    )
     yield mp, root, m
     m.unmount()
     assert not is_mounted(mp)
@@ -67,7 +79,8 @@ def test_tree_and_attributes(mounted):
     assert sorted(os.listdir(mp)) == ["acme"]
     assert sorted(os.listdir(mp / "acme")) == ["tiny-llm"]
     assert sorted(os.listdir(mp / "acme" / "tiny-llm")) == sorted(
-        os.listdir(root / "acme" / "tiny-llm"))
+        os.listdir(root / "acme" / "tiny-llm")
+    )
     for rel in model_files(root):
         st = os.stat(mp / rel)
         src = os.stat(root / rel)
@@ -77,8 +90,10 @@ def test_tree_and_attributes(mounted):
     dst = os.stat(mp / "acme" / "tiny-llm" / "sub")
     assert stat.S_ISDIR(dst.st_mode) and stat.S_IMODE(dst.st_mode) == 0o555
     # inode numbers are stable for the mount's life
-    assert os.stat(mp / "acme" / "tiny-llm" / "config.json").st_ino == \
+    assert (
         os.stat(mp / "acme" / "tiny-llm" / "config.json").st_ino
+        == os.stat(mp / "acme" / "tiny-llm" / "config.json").st_ino
+    )
     sv = os.statvfs(mp)
     assert sv.f_namemax == 255 and sv.f_bfree == 0
 
@@ -115,7 +130,7 @@ def test_mmap_reads(mounted):
         rng = random.Random(1)
         for _ in range(200):
             off = rng.randrange(0, len(expected))
-            assert m[off:off + 777] == expected[off:off + 777]
+            assert m[off : off + 777] == expected[off : off + 777]
         assert hashlib.sha256(m[:]).hexdigest() == hashlib.sha256(expected).hexdigest()
 
 
@@ -142,6 +157,7 @@ def test_sixteen_threads_and_four_processes_at_once(mounted):
 def test_safetensors_load_by_read_and_by_mmap(mounted):
     from safetensors import safe_open
     from safetensors.numpy import load, load_file
+
     mp, root, _ = mounted
     for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
         src = root / "acme" / "tiny-llm" / shard
@@ -159,8 +175,9 @@ def test_safetensors_load_by_read_and_by_mmap(mounted):
 
 def test_kernel_sends_large_reads_many_in_flight(mounted):
     mp, _, _ = mounted
-    dev = next(line.split()[2] for line in open("/proc/self/mountinfo")
-               if line.split()[4] == str(mp))
+    dev = next(
+        line.split()[2] for line in open("/proc/self/mountinfo") if line.split()[4] == str(mp)
+    )
     assert int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text()) == 16 * 1024
     connection = Path("/sys/fs/fuse/connections") / dev.split(":")[1]
     assert int((connection / "max_background").read_text()) == 64
@@ -224,8 +241,9 @@ def test_bad_command_lines_fail_with_one_line_and_mount_nothing(store, tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     cases.append(([str(empty), "--hub", server.hub, "--repo", "acme/nope"], "not found"))
-    cases.append(([str(empty), "--hub", "http://127.0.0.1:9", "--repo", "acme/tiny-llm"],
-                  "unreachable"))
+    cases.append(
+        ([str(empty), "--hub", "http://127.0.0.1:9", "--repo", "acme/tiny-llm"], "unreachable")
+    )
     cases.append(([str(empty), "--hub", server.hub, "--repo", "bad"], "OWNER/NAME"))
     for args, words in cases:
         result = run_cli("mount", *args)
@@ -280,15 +298,18 @@ def test_stopping_while_readers_are_active_leaves_no_mount(store, tmp_path, how)
     m.unmount()
     assert not is_mounted(mp)
     if how == "sigterm":
-        assert outcomes and all(o in (0, errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
-                                for o in outcomes), outcomes
+        assert outcomes and all(
+            o in (0, errno.ENOTCONN, errno.EIO, errno.ECONNABORTED) for o in outcomes
+        ), outcomes
 
 
 def test_a_listing_cut_short_by_the_hub_is_walked_by_subtree(store, tmp_path):
     import httpx
+
     root, server = store  # acme/wide has 3000 files in one directory plus the directory
-    listing = httpx.get(f"{server.hub}/api/v1/models/acme/wide/repo/files",
-                        params={"Recursive": "true"}).json()["Data"]["Files"]
+    listing = httpx.get(
+        f"{server.hub}/api/v1/models/acme/wide/repo/files", params={"Recursive": "true"}
+    ).json()["Data"]["Files"]
     assert len(listing) == 3000  # the hub cut it short
     assert "zzz-last.txt" not in {e["Path"] for e in listing}
     m = start_mount(tmp_path / "m", server.hub, "--repo", "acme/wide", "--region", "local")

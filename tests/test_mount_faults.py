@@ -9,7 +9,15 @@ import threading
 import time
 
 import pytest
-from fusefs.testing import MiB, is_mounted, sample_bytes, run_cli, sha256_file, start_mount, write_file
+from fusefs.testing import (
+    MiB,
+    is_mounted,
+    sample_bytes,
+    run_cli,
+    sha256_file,
+    start_mount,
+    write_file,
+)
 
 from fusefs.testing import start_server
 
@@ -23,21 +31,25 @@ def setup(tmp_path_factory):
         write_file(root / "acme" / "faulty" / f"f{i}.bin", sample_bytes(SIZE, seed=100 + i))
     server = start_server(root, "--faults")
     mp = tmp_path_factory.mktemp("mnt") / "models"
-    m = start_mount(mp, server.hub, "--repo", "acme/faulty", "--region", "local",
-                    "--read-timeout", "4")
+    m = start_mount(
+        mp, server.hub, "--repo", "acme/faulty", "--region", "local", "--read-timeout", "4"
+    )
     yield root, server, mp, m
     m.unmount()
     server.stop()
     assert not is_mounted(mp)
 
 
-@pytest.mark.parametrize("index,kind,params", [
-    (0, "break", {"after_bytes": 7 * MiB + 11}),
-    (1, "corrupt", {"count": 2}),
-    (2, "unavailable", {"count": 3}),
-    (3, "redirect", {"routing_token": "r1"}),
-    (4, "delay", {"ms": 50, "count": 5}),
-])
+@pytest.mark.parametrize(
+    "index,kind,params",
+    [
+        (0, "break", {"after_bytes": 7 * MiB + 11}),
+        (1, "corrupt", {"count": 2}),
+        (2, "unavailable", {"count": 3}),
+        (3, "redirect", {"routing_token": "r1"}),
+        (4, "delay", {"ms": 50, "count": 5}),
+    ],
+)
 def test_fault_mid_read_keeps_bytes_exact(setup, index, kind, params):
     root, server, mp, _ = setup
     server.clear_faults()
@@ -96,8 +108,16 @@ def test_unmount_while_reads_are_blocked_on_a_stopped_store(tmp_path):
     root = tmp_path / "store"
     write_file(root / "acme" / "stuck" / "f.bin", sample_bytes(SIZE, seed=7))
     server = start_server(root)
-    m = start_mount(tmp_path / "mnt", server.hub, "--repo", "acme/stuck", "--region", "local",
-                    "--read-timeout", "6")
+    m = start_mount(
+        tmp_path / "mnt",
+        server.hub,
+        "--repo",
+        "acme/stuck",
+        "--region",
+        "local",
+        "--read-timeout",
+        "6",
+    )
     results = []
     try:
         fd = os.open(m.path / "acme" / "stuck" / "f.bin", os.O_RDONLY)

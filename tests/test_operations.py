@@ -25,8 +25,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fusefs import __version__
-from fusefs.testing import (MiB, clean_env, free_port, is_mounted, run_cli, sample_bytes,
-                            sha256_file, start_mount, start_regions, start_server, write_file)
+from fusefs.testing import (
+    MiB,
+    clean_env,
+    free_port,
+    is_mounted,
+    run_cli,
+    sample_bytes,
+    sha256_file,
+    start_mount,
+    start_regions,
+    start_server,
+    write_file,
+)
 
 
 LONG_FILES = 120  # with long paths: more than fits one xattr value if all were listed
@@ -92,8 +103,20 @@ def local_mount(store, tmp_path_factory):
     root, server = store
     port = free_port()
     mp = tmp_path_factory.mktemp("local") / "models"
-    m = start_mount(mp, server.hub, "--repo", "acme/x", "--repo", "acme/m", "--region", "local",
-                    "--metrics", f"127.0.0.1:{port}", "--memory", "64M")
+    m = start_mount(
+        mp,
+        server.hub,
+        "--repo",
+        "acme/x",
+        "--repo",
+        "acme/m",
+        "--region",
+        "local",
+        "--metrics",
+        f"127.0.0.1:{port}",
+        "--memory",
+        "64M",
+    )
     yield m, root, f"http://127.0.0.1:{port}/metrics"
     m.unmount()
     assert not is_mounted(mp)
@@ -123,7 +146,8 @@ def test_status_marks_a_peer_served_file(regions, tmp_path):
         assert os.getxattr(m.path / rel, "user.modelfs.source") == b"peer"
         assert os.getxattr(m.path / rel, "user.modelfs.region") == b"west"
         assert os.getxattr(m.path / rel, "user.modelfs.endpoint").startswith(
-            f"grpc://{server.grpc['west']}/west/".encode())
+            f"grpc://{server.grpc['west']}/west/".encode()
+        )
 
         human = run_cli("status", str(m.path))
         assert human.returncode == 0, human.stderr
@@ -179,7 +203,9 @@ def test_status_with_many_open_files_fits_in_one_xattr(local_mount):
     assert state["bytes_read"]["local"] >= sum(p.stat().st_size for p in paths)
     human = run_cli("status", str(m.path))
     assert human.returncode == 0, human.stderr
-    assert f"… and {state['files_not_listed']} more" in human.stdout or not state["files_not_listed"]
+    assert (
+        f"… and {state['files_not_listed']} more" in human.stdout or not state["files_not_listed"]
+    )
 
 
 # -- metrics -------------------------------------------------------------------------
@@ -217,11 +243,16 @@ def test_metrics_count_bytes_reads_and_probes(local_mount):
     assert after[local_bytes] - before.get(local_bytes, 0) == size
     assert total(after, "modelfs_read_seconds_count") > total(before, "modelfs_read_seconds_count")
     assert total(after, "modelfs_read_seconds_sum") > total(before, "modelfs_read_seconds_sum")
-    assert total(after, "modelfs_first_byte_seconds_count") == \
-        total(before, "modelfs_first_byte_seconds_count") + 1
+    assert (
+        total(after, "modelfs_first_byte_seconds_count")
+        == total(before, "modelfs_first_byte_seconds_count") + 1
+    )
     assert after[("modelfs_probes_total", (("outcome", "internal"),))] >= 1
     assert total(after, "modelfs_probes_total") > total(before, "modelfs_probes_total")
-    assert total(after, "modelfs_stream_opens_total") >= total(before, "modelfs_stream_opens_total") + 1
+    assert (
+        total(after, "modelfs_stream_opens_total")
+        >= total(before, "modelfs_stream_opens_total") + 1
+    )
     assert after[("modelfs_open_files", ())] >= 1
     assert not any(n == "modelfs_errors_total" for n, _ in after)  # no read failed
 
@@ -235,8 +266,9 @@ def run_in_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
     env = clean_env(TERM="xterm-256color", COLUMNS="200", LINES="50")
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+    )
     os.close(slave)
     out = b""
     deadline = time.monotonic() + timeout
@@ -245,7 +277,9 @@ def run_in_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
             left = deadline - time.monotonic()
             if left <= 0:
                 proc.kill()
-                raise AssertionError(f"{argv} did not finish in {timeout}s:\n{out.decode(errors='replace')}")
+                raise AssertionError(
+                    f"{argv} did not finish in {timeout}s:\n{out.decode(errors='replace')}"
+                )
             ready, _, _ = select.select([master], [], [], min(left, 1.0))
             if not ready:
                 continue
@@ -305,8 +339,18 @@ def fstab_helper():
     if shutil.which("mount") is None:
         pytest.skip("mount(8) is not installed")
     if not VENV_HELPER.exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e",
-                        f"{Path(__file__).resolve().parents[1]}[test]"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "-e",
+                f"{Path(__file__).resolve().parents[1]}[test]",
+            ],
+            check=True,
+        )
     if os.path.lexists(HELPER):
         if not (HELPER.is_symlink() and os.readlink(HELPER) == str(VENV_HELPER)):
             pytest.skip(f"{HELPER} exists and is not ours")
@@ -327,9 +371,20 @@ def test_mount_t_fuse_modelfs_through_the_helper(store, fstab_helper, tmp_path):
     mp.mkdir()
     log = tmp_path / "fstab.log"
     result = subprocess.run(
-        ["mount", "-t", "fuse.modelfs", server.hub, str(mp),
-         "-o", f"repo=acme/x,region=local,_netdev,log_file={log}"],
-        capture_output=True, text=True, timeout=60, env=clean_env())
+        [
+            "mount",
+            "-t",
+            "fuse.modelfs",
+            server.hub,
+            str(mp),
+            "-o",
+            f"repo=acme/x,region=local,_netdev,log_file={log}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
     pid = None
     try:
         assert result.returncode == 0, result.stderr + (log.read_text() if log.exists() else "")
@@ -354,7 +409,11 @@ def test_helper_rejects_unknown_options(store, fstab_helper, tmp_path):
     _, server = store
     result = subprocess.run(
         ["mount", "-t", "fuse.modelfs", server.hub, str(tmp_path), "-o", "repo=acme/x,colour=red"],
-        capture_output=True, text=True, timeout=30, env=clean_env())
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+    )
     assert result.returncode != 0
     assert "unknown option 'colour=red'" in result.stderr
     assert not is_mounted(tmp_path)
@@ -373,10 +432,25 @@ def test_ready_only_once_live_and_stopping_on_sigterm(store, tmp_path):
     sock.settimeout(60)
     log = open(tmp_path / "svc.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fusefs", "mount", str(mp), "--hub", server.hub,
-         "--repo", "acme/x", "--region", "local", "--foreground"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        env=clean_env(NOTIFY_SOCKET=sock_path))
+        [
+            sys.executable,
+            "-m",
+            "fusefs",
+            "mount",
+            str(mp),
+            "--hub",
+            server.hub,
+            "--repo",
+            "acme/x",
+            "--region",
+            "local",
+            "--foreground",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=clean_env(NOTIFY_SOCKET=sock_path),
+    )
     try:
         message = sock.recv(4096).decode()
         # checked right as READY=1 arrives: the mount is already there and answering
@@ -410,9 +484,19 @@ def test_a_vanished_notify_socket_does_not_stop_the_mount(store, tmp_path):
     gone = str(tmp_path / "gone.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.bind(gone)  # the path stays, nobody listens any more
-    result = run_cli("mount", str(mp), "--hub", server.hub, "--repo", "acme/x",
-                     "--region", "local", "--log-file", str(tmp_path / "svc.log"),
-                     env=clean_env(NOTIFY_SOCKET=gone))
+    result = run_cli(
+        "mount",
+        str(mp),
+        "--hub",
+        server.hub,
+        "--repo",
+        "acme/x",
+        "--region",
+        "local",
+        "--log-file",
+        str(tmp_path / "svc.log"),
+        env=clean_env(NOTIFY_SOCKET=gone),
+    )
     pid = None
     try:
         assert result.returncode == 0, result.stderr
@@ -438,10 +522,19 @@ def test_a_vanished_notify_socket_does_not_stop_the_mount(store, tmp_path):
 
 def test_config_show_names_each_value_and_origin(tmp_path):
     cfg = tmp_path / "config.toml"
-    cfg.write_text('hub = "http://hub.internal:8080"\nregion = "from-file"\n'
-                   'memory = "1G"\nrepos = ["acme/x", "acme/m@v1"]\n')
-    result = run_cli("config", "show", "--config", str(cfg), "--read-timeout", "12",
-                     env=clean_env(MODELFS_REGION="cn-east", MODELFS_LOG_FORMAT="json"))
+    cfg.write_text(
+        'hub = "http://hub.internal:8080"\nregion = "from-file"\n'
+        'memory = "1G"\nrepos = ["acme/x", "acme/m@v1"]\n'
+    )
+    result = run_cli(
+        "config",
+        "show",
+        "--config",
+        str(cfg),
+        "--read-timeout",
+        "12",
+        env=clean_env(MODELFS_REGION="cn-east", MODELFS_LOG_FORMAT="json"),
+    )
     assert result.returncode == 0, result.stderr
     shown = {}
     for line in result.stdout.splitlines():
@@ -456,8 +549,19 @@ def test_config_show_names_each_value_and_origin(tmp_path):
     assert shown["repos"] == ("acme/x,acme/m@v1", f"file {cfg}")
     assert shown["log_level"] == ("info", "default")
     assert shown["allow_other"] == ("False", "default")
-    assert set(shown) >= {"hub", "repos", "region", "inter_regions", "token_file", "memory",
-                          "read_timeout", "metrics", "log_format", "log_level", "allow_other"}
+    assert set(shown) >= {
+        "hub",
+        "repos",
+        "region",
+        "inter_regions",
+        "token_file",
+        "memory",
+        "read_timeout",
+        "metrics",
+        "log_format",
+        "log_level",
+        "allow_other",
+    }
 
 
 def test_config_show_rejects_an_unknown_key(tmp_path):
@@ -478,13 +582,25 @@ def test_systemd_unit_is_notify_type():
     exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
     assert exec_start.endswith("mount /data/models --foreground --config /etc/modelfs/config.toml")
     assert os.access(exec_start.removeprefix("ExecStart=").split()[0], os.X_OK)
-    assert any(l.startswith("ExecStop=") and l.endswith("unmount /data/models")
-               for l in unit.splitlines())
+    assert any(
+        l.startswith("ExecStop=") and l.endswith("unmount /data/models") for l in unit.splitlines()
+    )
 
 
-@pytest.mark.parametrize("command", [
-    (), ("serve",), ("mount",), ("unmount",), ("status",), ("prefetch",), ("config",),
-    ("config", "show"), ("systemd-unit",)])
+@pytest.mark.parametrize(
+    "command",
+    [
+        (),
+        ("serve",),
+        ("mount",),
+        ("unmount",),
+        ("status",),
+        ("prefetch",),
+        ("config",),
+        ("config", "show"),
+        ("systemd-unit",),
+    ],
+)
 def test_help_has_examples(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr

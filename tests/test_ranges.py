@@ -148,17 +148,22 @@ def test_budget_forced_charge_goes_over_when_nothing_can_go():
     assert budget.in_use == 8
 
 
-
 async def test_reader_never_loses_a_range_it_is_assembling_to_eviction():
     from fusefs.data.reader import FileReader, ReadLimits
+
     data = bytes(range(256)) * 4
     budget = MemoryBudget(16)
     source = InstantSource(data)
-    reader = FileReader(source, len(data), budget,
-                        ReadLimits(range_unit=64, prefetch_initial=0, prefetch_max=0), immediate)
+    reader = FileReader(
+        source,
+        len(data),
+        budget,
+        ReadLimits(range_unit=64, prefetch_initial=0, prefetch_max=0),
+        immediate,
+    )
     assert bytes(await reader.read(100, 8)) == data[100:108]
     # [104, 130) is half cached; charging the new part must not evict the cached half.
     assert bytes(await reader.read(104, 26)) == data[104:130]
     assert source.submitted == [(100, 8), (108, 20), (128, 2)]
     for off, n in [(0, 40), (500, 300), (90, 200), (1000, 24)]:
-        assert bytes(await reader.read(off, n)) == data[off:off + n]
+        assert bytes(await reader.read(off, n)) == data[off : off + n]

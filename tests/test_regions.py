@@ -10,9 +10,12 @@ from fusefs.testing import MiB, sample_bytes, mount_factory, sha256_file, start_
 from fusefs.testing import start_regions
 
 
-
-REGIONS = {"home": ["local/*"], "peer-b": ["acme/*"], "peer-c": ["acme/*", "wide/*"],
-           "peer-d": ["wide/*"]}
+REGIONS = {
+    "home": ["local/*"],
+    "peer-b": ["acme/*"],
+    "peer-c": ["acme/*", "wide/*"],
+    "peer-d": ["wide/*"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,9 @@ def mount(world, tmp_path):
 
 
 def xattrs(path) -> tuple[str, str, str]:
-    return tuple(os.getxattr(path, f"user.modelfs.{a}").decode()
-                 for a in ("source", "region", "endpoint"))
+    return tuple(
+        os.getxattr(path, f"user.modelfs.{a}").decode() for a in ("source", "region", "endpoint")
+    )
 
 
 def test_peer_in_configured_order_serves_byte_exact(world, mount):
@@ -95,8 +99,16 @@ def test_opening_a_200_file_repo_from_8_threads_costs_n_plus_p_probes(world, mou
 def test_killing_the_chosen_peer_mid_read_falls_back_to_the_next(world, tmp_path):
     root, _ = world
     server = start_regions(root, REGIONS, "--faults")  # ours to break
-    m = start_mount(tmp_path / "m", server.hub, "--region", "home",
-                    "--inter-regions", "peer-b,peer-c", "--read-timeout", "20")
+    m = start_mount(
+        tmp_path / "m",
+        server.hub,
+        "--region",
+        "home",
+        "--inter-regions",
+        "peer-b,peer-c",
+        "--read-timeout",
+        "20",
+    )
     try:
         path = m.path / "acme" / "llm" / "model.bin"
         expected = (root / "acme" / "llm" / "model.bin").read_bytes()

@@ -13,7 +13,6 @@ from fusefs.hub.resolve import Resolver, ResolveError
 REPO = RepoId("acme", "llm")
 
 
-
 async def test_order_is_local_then_peers_in_order_then_cdn():
     hub = ScriptedHub({"b": {"f"}, "c": {"f"}})
     r = Resolver(hub, "a", ("b", "c"))
@@ -131,5 +130,6 @@ async def test_missing_file_is_an_error():
         async def ask_location(self, *a):
             self.calls.append(a)
             return Answer(404, None)
+
     with pytest.raises(ResolveError):
         await Resolver(Missing({}), "a").resolve(REPO, "c1", "f")

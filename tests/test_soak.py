@@ -10,9 +10,28 @@ SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 
 def test_short_soak_no_wrong_bytes_no_hangs_memory_bounded():
     result = subprocess.run(
-        [sys.executable, str(SOAK), "--minutes", "0.25", "--readers", "8", "--files", "4",
-         "--file-mib", "40", "--fault-every", "0.5", "--memory-mib", "64", "--read-timeout", "5"],
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            str(SOAK),
+            "--minutes",
+            "0.25",
+            "--readers",
+            "8",
+            "--files",
+            "4",
+            "--file-mib",
+            "40",
+            "--fault-every",
+            "0.5",
+            "--memory-mib",
+            "64",
+            "--read-timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     print(result.stdout, result.stderr[-3000:])
     report = json.loads(result.stdout)
     assert result.returncode == 0

@@ -53,20 +53,26 @@ def commit_of(http, repo="acme/m") -> str:
 
 def probe(http, path, region=None, revision="master", repo="acme/m", method="HEAD"):
     headers = {"x-aliyun-region-id": region} if region else {}
-    return http.request(method, f"/api/v1/models/{repo}/repo",
-                        params={"Revision": revision, "FilePath": path}, headers=headers)
+    return http.request(
+        method,
+        f"/api/v1/models/{repo}/repo",
+        params={"Revision": revision, "FilePath": path},
+        headers=headers,
+    )
 
 
 def stream(server, region: str, requests, metadata=()):
-    channel = grpc.insecure_channel(server.grpc[region],
-                                    [("grpc.max_receive_message_length", 32 * MiB)])
+    channel = grpc.insecure_channel(
+        server.grpc[region], [("grpc.max_receive_message_length", 32 * MiB)]
+    )
     call = storage_pb2_grpc.StorageStub(channel).BidiReadObject(iter(requests), metadata=metadata)
     return channel, call
 
 
 def spec(obj="acme/m/a.bin", bucket="east", generation=0):
-    return pb.BidiReadObjectSpec(bucket=f"projects/_/buckets/{bucket}", object=obj,
-                                 generation=generation)
+    return pb.BidiReadObjectSpec(
+        bucket=f"projects/_/buckets/{bucket}", object=obj, generation=generation
+    )
 
 
 def read_all(server, requests, region="east"):
@@ -111,8 +117,9 @@ def test_repo_info_listing_and_revisions(fresh):
     assert http.get("/api/v1/models/acme/m").json()["Data"]["Name"] == "m"
     assert http.get("/api/v1/models/acme/nope").status_code == 404
     commit = commit_of(http)
-    files = http.get("/api/v1/models/acme/m/repo/files",
-                     params={"Revision": commit, "Recursive": "true"}).json()["Data"]["Files"]
+    files = http.get(
+        "/api/v1/models/acme/m/repo/files", params={"Revision": commit, "Recursive": "true"}
+    ).json()["Data"]["Files"]
     blobs = {f["Path"]: f for f in files if f["Type"] == "blob"}
     assert set(blobs) == {"a.bin", "big.bin", "sub/b.txt"}
     assert {f["Path"] for f in files if f["Type"] == "tree"} == {"sub"}
@@ -121,8 +128,9 @@ def test_repo_info_listing_and_revisions(fresh):
     assert a["Sha256"] == hashlib.sha256((root / "acme/m/a.bin").read_bytes()).hexdigest()
     top = http.get("/api/v1/models/acme/m/repo/files", params={"Revision": "master"}).json()
     assert {f["Path"] for f in top["Data"]["Files"]} == {"a.bin", "big.bin", "sub"}
-    sub = http.get("/api/v1/models/acme/m/repo/files",
-                   params={"Recursive": "true", "Root": "sub"}).json()["Data"]["Files"]
+    sub = http.get(
+        "/api/v1/models/acme/m/repo/files", params={"Recursive": "true", "Root": "sub"}
+    ).json()["Data"]["Files"]
     assert [f["Path"] for f in sub] == ["sub/b.txt"]
 
 
@@ -135,8 +143,10 @@ def test_commit_changes_with_content_and_old_revisions_are_refused(fresh, tmp_pa
         path.write_bytes(b"changed")
         new = commit_of(http, "other/x")
         assert new != old
-        assert http.get("/api/v1/models/other/x/repo/files",
-                        params={"Revision": old}).status_code == 404
+        assert (
+            http.get("/api/v1/models/other/x/repo/files", params={"Revision": old}).status_code
+            == 404
+        )
         assert probe(http, "c.bin", revision=old, repo="other/x").status_code == 404
         assert probe(http, "c.bin", revision=new, repo="other/x").status_code == 302
     finally:
@@ -149,8 +159,11 @@ def test_probe_answers_per_region(fresh):
     east = probe(http, "a.bin", "east", commit)
     assert east.status_code == 302
     target = parse_grpc_url(east.headers["location"])
-    assert (target.endpoint, target.bucket, target.object) == (server.grpc["east"], "east",
-                                                               "acme/m/a.bin")
+    assert (target.endpoint, target.bucket, target.object) == (
+        server.grpc["east"],
+        "east",
+        "acme/m/a.bin",
+    )
     assert target.generation > 0
     for region in ("west", "nowhere", None):
         r = probe(http, "a.bin", region, method="GET")
@@ -165,16 +178,20 @@ def test_cdn_ranges(fresh):
     size = len(data)
     url = probe(http, "a.bin").headers["location"]
     etag = f'"{hashlib.sha256(data).hexdigest()}"'
-    cases = {"bytes=0-99": (0, 99), "bytes=100-": (100, size - 1), "bytes=-10": (size - 10, size - 1),
-             f"bytes={size - 1}-{size - 1}": (size - 1, size - 1),
-             f"bytes=5-{size + 100}": (5, size - 1)}
+    cases = {
+        "bytes=0-99": (0, 99),
+        "bytes=100-": (100, size - 1),
+        "bytes=-10": (size - 10, size - 1),
+        f"bytes={size - 1}-{size - 1}": (size - 1, size - 1),
+        f"bytes=5-{size + 100}": (5, size - 1),
+    }
     for header, (first, last) in cases.items():
         r = httpx.get(url, headers={"Range": header})
         assert r.status_code == 206, header
         assert r.headers["content-range"] == f"bytes {first}-{last}/{size}"
         assert int(r.headers["content-length"]) == last - first + 1
         assert r.headers["etag"] == etag
-        assert r.content == data[first:last + 1]
+        assert r.content == data[first : last + 1]
     whole = httpx.get(url)
     assert whole.status_code == 200 and whole.content == data
     r = httpx.get(url, headers={"Range": f"bytes={size}-"})
@@ -206,14 +223,19 @@ def test_first_response_has_metadata_and_handle_without_ranges(fresh):
 def test_many_concurrent_ranges_interleave_byte_exact(fresh):
     root, server, _ = fresh
     content = (root / "acme/m/big.bin").read_bytes()
-    ranges = [pb.ReadRange(read_offset=i * 3 * MiB + i, read_length=(i % 5) * MiB + 1000 + i,
-                           read_id=100 + i) for i in range(50)]
-    requests = [pb.BidiReadObjectRequest(read_object_spec=spec("acme/m/big.bin"),
-                                         read_ranges=ranges[:30]),
-                pb.BidiReadObjectRequest(read_ranges=ranges[30:])]
+    ranges = [
+        pb.ReadRange(
+            read_offset=i * 3 * MiB + i, read_length=(i % 5) * MiB + 1000 + i, read_id=100 + i
+        )
+        for i in range(50)
+    ]
+    requests = [
+        pb.BidiReadObjectRequest(read_object_spec=spec("acme/m/big.bin"), read_ranges=ranges[:30]),
+        pb.BidiReadObjectRequest(read_ranges=ranges[30:]),
+    ]
     _, data, chunks = read_all(server, requests)
     for r in ranges:
-        assert bytes(data[r.read_id]) == content[r.read_offset:r.read_offset + r.read_length]
+        assert bytes(data[r.read_id]) == content[r.read_offset : r.read_offset + r.read_length]
     expected_offset = {r.read_id: r.read_offset for r in ranges}
     for c in chunks:
         assert len(c.checksummed_data.content) <= 2 * MiB
@@ -224,7 +246,7 @@ def test_many_concurrent_ranges_interleave_byte_exact(fresh):
     assert sorted(ends) == sorted(r.read_id for r in ranges)
     order = [c.read_range.read_id for c in chunks]
     spans = {rid: (order.index(rid), len(order) - 1 - order[::-1].index(rid)) for rid in set(order)}
-    interleaved = [rid for rid, (a, b) in spans.items() if len(set(order[a:b + 1])) > 1]
+    interleaved = [rid for rid, (a, b) in spans.items() if len(set(order[a : b + 1])) > 1]
     assert len(interleaved) >= 10  # ranges progress side by side, not one after another
 
 
@@ -232,35 +254,50 @@ def test_length_zero_negative_offsets_and_empty_tail(fresh):
     root, server, _ = fresh
     content = (root / "acme/m/a.bin").read_bytes()
     size = len(content)
-    ranges = [pb.ReadRange(read_offset=size - 1000, read_length=0, read_id=1),
-              pb.ReadRange(read_offset=-500, read_length=0, read_id=2),
-              pb.ReadRange(read_offset=-500, read_length=100, read_id=3),
-              pb.ReadRange(read_offset=size, read_length=0, read_id=4)]
-    _, data, chunks = read_all(server, [pb.BidiReadObjectRequest(read_object_spec=spec(),
-                                                                 read_ranges=ranges)])
+    ranges = [
+        pb.ReadRange(read_offset=size - 1000, read_length=0, read_id=1),
+        pb.ReadRange(read_offset=-500, read_length=0, read_id=2),
+        pb.ReadRange(read_offset=-500, read_length=100, read_id=3),
+        pb.ReadRange(read_offset=size, read_length=0, read_id=4),
+    ]
+    _, data, chunks = read_all(
+        server, [pb.BidiReadObjectRequest(read_object_spec=spec(), read_ranges=ranges)]
+    )
     assert bytes(data[1]) == content[-1000:]
     assert bytes(data[2]) == content[-500:]
     assert bytes(data[3]) == content[-500:-400]
-    assert bytes(data.get(4, b"")) == b"" and any(c.read_range.read_id == 4 and c.range_end
-                                                 for c in chunks)
+    assert bytes(data.get(4, b"")) == b"" and any(
+        c.read_range.read_id == 4 and c.range_end for c in chunks
+    )
 
 
 def test_256_mib_over_one_stream(fresh):
     root, server, _ = fresh
-    _, data, chunks = read_all(server, [pb.BidiReadObjectRequest(
-        read_object_spec=spec("acme/m/big.bin"),
-        read_ranges=[pb.ReadRange(read_offset=0, read_length=0, read_id=7)])])
+    _, data, chunks = read_all(
+        server,
+        [
+            pb.BidiReadObjectRequest(
+                read_object_spec=spec("acme/m/big.bin"),
+                read_ranges=[pb.ReadRange(read_offset=0, read_length=0, read_id=7)],
+            )
+        ],
+    )
     assert len(chunks) == BIG // (2 * MiB)
-    assert hashlib.sha256(data[7]).digest() == hashlib.sha256(
-        (root / "acme/m/big.bin").read_bytes()).digest()
+    assert (
+        hashlib.sha256(data[7]).digest()
+        == hashlib.sha256((root / "acme/m/big.bin").read_bytes()).digest()
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    pb.ReadRange(read_offset=6 * MiB, read_length=1, read_id=9),
-    pb.ReadRange(read_offset=0, read_length=-1, read_id=9),
-    pb.ReadRange(read_offset=5 * MiB, read_length=MiB, read_id=9),
-    pb.ReadRange(read_offset=-(6 * MiB), read_length=0, read_id=9),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pb.ReadRange(read_offset=6 * MiB, read_length=1, read_id=9),
+        pb.ReadRange(read_offset=0, read_length=-1, read_id=9),
+        pb.ReadRange(read_offset=5 * MiB, read_length=MiB, read_id=9),
+        pb.ReadRange(read_offset=-(6 * MiB), read_length=0, read_id=9),
+    ],
+)
 def test_out_of_range_names_the_read_id(fresh, bad):
     _, server, _ = fresh
     e = failing(server, [pb.BidiReadObjectRequest(read_object_spec=spec(), read_ranges=[bad])])
@@ -271,12 +308,15 @@ def test_out_of_range_names_the_read_id(fresh, bad):
     assert [x.read_id for x in err.read_range_errors] == [9]
 
 
-@pytest.mark.parametrize("request_spec,code", [
-    (spec("acme/m/nope.bin"), grpc.StatusCode.NOT_FOUND),
-    (spec(bucket="west"), grpc.StatusCode.NOT_FOUND),  # west does not hold acme/*
-    (spec(bucket="nosuch"), grpc.StatusCode.NOT_FOUND),
-    (spec(generation=12345), grpc.StatusCode.NOT_FOUND),
-])
+@pytest.mark.parametrize(
+    "request_spec,code",
+    [
+        (spec("acme/m/nope.bin"), grpc.StatusCode.NOT_FOUND),
+        (spec(bucket="west"), grpc.StatusCode.NOT_FOUND),  # west does not hold acme/*
+        (spec(bucket="nosuch"), grpc.StatusCode.NOT_FOUND),
+        (spec(generation=12345), grpc.StatusCode.NOT_FOUND),
+    ],
+)
 def test_unknown_objects_and_generations(fresh, request_spec, code):
     _, server, _ = fresh
     region = "west" if request_spec.bucket.endswith("west") else "east"
@@ -296,11 +336,19 @@ def test_request_limits(fresh):
 
 def test_routing_header_is_accepted(fresh):
     _, server, _ = fresh
-    channel, call = stream(server, "east", [pb.BidiReadObjectRequest(
-        read_object_spec=spec(), read_ranges=[pb.ReadRange(read_offset=0, read_length=10,
-                                                           read_id=1)])],
-        metadata=[("x-goog-request-params",
-                   "bucket=projects%2F_%2Fbuckets%2Feast&routing_token=abc")])
+    channel, call = stream(
+        server,
+        "east",
+        [
+            pb.BidiReadObjectRequest(
+                read_object_spec=spec(),
+                read_ranges=[pb.ReadRange(read_offset=0, read_length=10, read_id=1)],
+            )
+        ],
+        metadata=[
+            ("x-goog-request-params", "bucket=projects%2F_%2Fbuckets%2Feast&routing_token=abc")
+        ],
+    )
     try:
         assert len(list(call)) == 2
     finally:
@@ -311,8 +359,12 @@ def test_routing_header_is_accepted(fresh):
 
 
 def one_range(length=4 * MiB):
-    return [pb.BidiReadObjectRequest(read_object_spec=spec(), read_ranges=[
-        pb.ReadRange(read_offset=0, read_length=length, read_id=1)])]
+    return [
+        pb.BidiReadObjectRequest(
+            read_object_spec=spec(),
+            read_ranges=[pb.ReadRange(read_offset=0, read_length=length, read_id=1)],
+        )
+    ]
 
 
 def test_fault_break_after_exactly_n_bytes(fresh):
@@ -339,15 +391,20 @@ def test_fault_unavailable_redirect_corrupt_delay(fresh):
     assert redirected.routing_token == "go-there"
     server.add_fault("corrupt")
     _, _, chunks = read_all(server, one_range())
-    bad = [c for c in chunks if crc32c.crc32c(c.checksummed_data.content)
-           != c.checksummed_data.crc32c]
+    bad = [
+        c for c in chunks if crc32c.crc32c(c.checksummed_data.content) != c.checksummed_data.crc32c
+    ]
     assert len(bad) == 1
     server.add_fault("delay", ms=300, count=2)
     start = time.monotonic()
     read_all(server, one_range())
     assert time.monotonic() - start >= 0.6
-    assert server.stats()["faults_injected"] == {"unavailable": 1, "redirect": 1, "corrupt": 1,
-                                                 "delay": 2}
+    assert server.stats()["faults_injected"] == {
+        "unavailable": 1,
+        "redirect": 1,
+        "corrupt": 1,
+        "delay": 2,
+    }
 
 
 def test_fault_hub_error(fresh):
@@ -374,10 +431,19 @@ def test_sigterm_exits_cleanly_with_an_open_stream(tmp_path):
     write_file(tmp_path / "s" / "a" / "b" / "f", sample_bytes(4 * MiB, seed=1))
     server = start_server(tmp_path / "s")
     channel = grpc.insecure_channel(server.grpc[""])
-    queue_open = iter([pb.BidiReadObjectRequest(read_object_spec=pb.BidiReadObjectSpec(
-        bucket="projects/_/buckets/local", object="a/b/f"))] + [None])
+    queue_open = iter(
+        [
+            pb.BidiReadObjectRequest(
+                read_object_spec=pb.BidiReadObjectSpec(
+                    bucket="projects/_/buckets/local", object="a/b/f"
+                )
+            )
+        ]
+        + [None]
+    )
     call = storage_pb2_grpc.StorageStub(channel).BidiReadObject(
-        (m for m in queue_open if m is not None))
+        (m for m in queue_open if m is not None)
+    )
     next(call)  # the stream is open
     start = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
@@ -386,18 +452,23 @@ def test_sigterm_exits_cleanly_with_an_open_stream(tmp_path):
     channel.close()
 
 
-@pytest.mark.parametrize("args,words", [
-    (["/nonexistent-root"], "does not exist"),
-    (["{root}", "--http", "nohost"], "--http"),
-    (["{root}", "--region", "Bad_Region"], "bad region name"),
-    (["{root}", "--topology", "{bad_key}"], "unknown key 'grcp'"),
-    (["{root}", "--topology", "{no_grpc}"], "missing key 'grpc'"),
-    (["{root}", "--topology", "{bad_name}"], "bad region name"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["/nonexistent-root"], "does not exist"),
+        (["{root}", "--http", "nohost"], "--http"),
+        (["{root}", "--region", "Bad_Region"], "bad region name"),
+        (["{root}", "--topology", "{bad_key}"], "unknown key 'grcp'"),
+        (["{root}", "--topology", "{no_grpc}"], "missing key 'grpc'"),
+        (["{root}", "--topology", "{bad_name}"], "bad region name"),
+    ],
+)
 def test_bad_command_lines(tmp_path, args, words):
-    files = {"bad_key": '[regions.a]\ngrcp = "127.0.0.1:0"\n',
-             "no_grpc": '[regions.a]\nrepos = ["*/*"]\n',
-             "bad_name": '[regions.BAD]\ngrpc = "127.0.0.1:0"\n'}
+    files = {
+        "bad_key": '[regions.a]\ngrcp = "127.0.0.1:0"\n',
+        "no_grpc": '[regions.a]\nrepos = ["*/*"]\n',
+        "bad_name": '[regions.BAD]\ngrpc = "127.0.0.1:0"\n',
+    }
     paths = {}
     for name, text in files.items():
         paths[name] = tmp_path / f"{name}.toml"

@@ -100,8 +100,9 @@ class Entry:
     """An open cache entry. Methods do blocking file I/O: call them from a worker thread,
     except the cheap table/lock calls, which touch only a few bytes."""
 
-    def __init__(self, path: str, fd: int, layout: Layout, sha256: str | None,
-                 created: bool = False):
+    def __init__(
+        self, path: str, fd: int, layout: Layout, sha256: str | None, created: bool = False
+    ):
         self.path = path
         self.created = created  # this call made the file: its metadata is new on disk
         self.fd = fd
@@ -167,7 +168,7 @@ class Entry:
     def all_present(self) -> bool:
         n = self.layout.blocks
         raw = os.pread(self.fd, ENTRY.size * n, HEADER.size)
-        return raw[4::ENTRY.size].count(PRESENT) == n  # C speed: this runs after every write
+        return raw[4 :: ENTRY.size].count(PRESENT) == n  # C speed: this runs after every write
 
     def _forget(self, index: int) -> None:
         os.pwrite(self.fd, ENTRY.pack(0, 0), HEADER.size + ENTRY.size * index)
@@ -206,7 +207,7 @@ class Entry:
             if self._verified[index]:
                 continue
             b_start, b_end = lay.block_span(index)
-            if crc32c.crc32c(view[b_start - start:b_end - start]) != crc:
+            if crc32c.crc32c(view[b_start - start : b_end - start]) != crc:
                 self._forget(index)
                 intact = False
             else:
@@ -222,7 +223,7 @@ class Entry:
             raise ValueError(f"pieces do not cover blocks {blocks}")
         pos = lay.data_offset + first
         for i in range(0, len(pieces), _IOV_MAX):
-            batch = pieces[i:i + _IOV_MAX]
+            batch = pieces[i : i + _IOV_MAX]
             want = sum(len(p) for p in batch)
             if os.pwritev(self.fd, batch, pos) != want:
                 raise OSError(errno.ENOSPC, "short write to the cache")
@@ -276,7 +277,9 @@ _COMPLETE_OFFSET = 8 + 4 + 4 + 8
 _IOV_MAX = 1024
 
 
-def _block_crcs(pieces: Sequence[bytes | memoryview], layout: Layout, blocks: range) -> Iterator[int]:
+def _block_crcs(
+    pieces: Sequence[bytes | memoryview], layout: Layout, blocks: range
+) -> Iterator[int]:
     """CRC32C of each block, carried across piece boundaries."""
     lengths = (layout.block_span(i)[1] - layout.block_span(i)[0] for i in blocks)
     left = next(lengths)
@@ -286,7 +289,7 @@ def _block_crcs(pieces: Sequence[bytes | memoryview], layout: Layout, blocks: ra
         pos = 0
         while pos < len(view):
             n = min(left, len(view) - pos)
-            crc = crc32c.crc32c(view[pos:pos + n], crc)
+            crc = crc32c.crc32c(view[pos : pos + n], crc)
             pos += n
             left -= n
             if left == 0:

@@ -20,16 +20,22 @@ from fusefs.hub.listing import parse_files
 def _path(directory: str | os.PathLike, spec: RepoSpec) -> Path:
     # Revisions may hold '/' (branch names): keep the file name one component.
     revision = spec.revision.replace("/", "%2F")
-    return Path(directory) / "v1" / "listings" / spec.repo.owner / f"{spec.repo.name}@{revision}.json"
+    return (
+        Path(directory) / "v1" / "listings" / spec.repo.owner / f"{spec.repo.name}@{revision}.json"
+    )
 
 
 def save_listing(directory: str | os.PathLike, snap: Snapshot) -> None:
     path = _path(directory, RepoSpec(snap.repo, snap.revision))
     path.parent.mkdir(parents=True, exist_ok=True)
     # The hub's own shape, so loading checks it exactly as a fresh listing is checked.
-    body = {"commit": snap.commit,
-            "files": [{"Path": f.path, "Size": f.size, "Sha256": f.sha256,
-                       "CommittedDate": f.mtime} for f in snap.files]}
+    body = {
+        "commit": snap.commit,
+        "files": [
+            {"Path": f.path, "Size": f.size, "Sha256": f.sha256, "CommittedDate": f.mtime}
+            for f in snap.files
+        ],
+    }
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{os.urandom(4).hex()}")
     tmp.write_text(json.dumps(body))
     os.replace(tmp, path)  # readers see the old listing or the new one, never half of one

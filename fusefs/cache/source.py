@@ -56,9 +56,16 @@ def segments(layout: Layout, blocks: range, present: list[bool]) -> list[Segment
 
 
 class CachedSource:
-    def __init__(self, cache: DiskCache, key: str, size: int, sha256: str | None,
-                 network: RangeSource | None, nursery: trio.Nursery,
-                 wake: Callable[[Callable[[], None]], None]):
+    def __init__(
+        self,
+        cache: DiskCache,
+        key: str,
+        size: int,
+        sha256: str | None,
+        network: RangeSource | None,
+        nursery: trio.Nursery,
+        wake: Callable[[Callable[[], None]], None],
+    ):
         self.block_size = cache.limits.block_size
         self.network = network
         self._cache = cache
@@ -193,11 +200,17 @@ class CachedSource:
             missing = [s.blocks for s in segments(layout, blocks, present) if not s.on_disk]
             now = trio.current_time()
             claimed = _claim_all(entry, missing)
-            stuck = not claimed and waiting_since is not None and \
-                now - waiting_since > self._cache.limits.claim_wait
+            stuck = (
+                not claimed
+                and waiting_since is not None
+                and now - waiting_since > self._cache.limits.claim_wait
+            )
             if stuck:
-                log.warning("cache %s: blocks claimed for %.0fs by another process; fetching them",
-                            self._key, now - waiting_since)
+                log.warning(
+                    "cache %s: blocks claimed for %.0fs by another process; fetching them",
+                    self._key,
+                    now - waiting_since,
+                )
             if claimed or stuck:
                 try:
                     fetched = stuck or entry.present(blocks) == present  # nobody stored meanwhile
@@ -241,8 +254,9 @@ class CachedSource:
             await rr.wait_until(rr.end)
             await self._store(entry, rr, blocks)
             return
-        subs = {p.start: RangeRead(p.start, p.end - p.start, self._wake)
-                for p in parts if not p.on_disk}
+        subs = {
+            p.start: RangeRead(p.start, p.end - p.start, self._wake) for p in parts if not p.on_disk
+        }
         self._subs[rr] = list(subs.values())
         self.network.submit(list(subs.values()))
         fetched = []
@@ -296,8 +310,9 @@ class CachedSource:
                     log.info("cache: %s complete and verified", self._key)
                 elif sealed is False:
                     self._cache.stats.add(rejected=1)
-                    log.error("cache: %s does not match its sha256; its blocks are discarded",
-                              self._key)
+                    log.error(
+                        "cache: %s does not match its sha256; its blocks are discarded", self._key
+                    )
         except OSError as e:
             log.warning("cache %s: not sealed (%s)", self._key, e)
         finally:
@@ -352,8 +367,9 @@ class FileCache:
         """Whether the entry for `key` is sealed: readable with no network at all."""
         return is_sealed(self.disk.path_of(key), Layout(size, self.disk.limits.block_size), sha256)
 
-    def source(self, key: str, size: int, sha256: str | None,
-               network: RangeSource | None) -> CachedSource:
+    def source(
+        self, key: str, size: int, sha256: str | None, network: RangeSource | None
+    ) -> CachedSource:
         return CachedSource(self.disk, key, size, sha256, network, self._nursery, self._wake)
 
     key = staticmethod(cache_key)

@@ -96,8 +96,12 @@ class DiskCache:
             self._remove_stale_temps()
             used = self._scan_and_evict(0)  # also brings a shrunk --cache-size into force
             self._write_usage(used)
-        log.info("cache %s: %d MiB used of %d MiB", self.root.parent, used // MiB,
-                 self.limits.size // MiB)
+        log.info(
+            "cache %s: %d MiB used of %d MiB",
+            self.root.parent,
+            used // MiB,
+            self.limits.size // MiB,
+        )
 
     def close(self) -> None:
         if self._lock_fd >= 0:
@@ -210,4 +214,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

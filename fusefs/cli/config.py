@@ -16,11 +16,16 @@ def setting_options(command: F) -> F:
     """One option per setting, no defaults: absence lets env, file and default speak."""
     for s in reversed(SETTINGS):
         env = f" [env {' or '.join(s.envvars)}]" if s.envvars else ""
-        command = click.option(s.flag, s.key, metavar=s.metavar, multiple=s.repeatable,
-                               default=None, help=s.help + env)(command)
-    return click.option("--config", "config", metavar="PATH", type=click.Path(dir_okay=False),
-                        help="TOML config file [default: /etc/modelfs/config.toml if present; "
-                             "env MODELFS_CONFIG].")(command)
+        command = click.option(
+            s.flag, s.key, metavar=s.metavar, multiple=s.repeatable, default=None, help=s.help + env
+        )(command)
+    return click.option(
+        "--config",
+        "config",
+        metavar="PATH",
+        type=click.Path(dir_okay=False),
+        help="TOML config file [default: /etc/modelfs/config.toml if present; env MODELFS_CONFIG].",
+    )(command)
 
 
 def effective_settings(config: str | None, flags: dict[str, Any]) -> dict[str, Value]:

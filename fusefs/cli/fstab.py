@@ -14,13 +14,42 @@ from __future__ import annotations
 import os
 import sys
 
-_VALUED = {"hub": "--hub", "repo": "--repo", "region": "--region", "config": "--config",
-           "inter_regions": "--inter-regions", "memory": "--memory",
-           "read_timeout": "--read-timeout", "log_file": "--log-file", "metrics": "--metrics"}
+_VALUED = {
+    "hub": "--hub",
+    "repo": "--repo",
+    "region": "--region",
+    "config": "--config",
+    "inter_regions": "--inter-regions",
+    "memory": "--memory",
+    "read_timeout": "--read-timeout",
+    "log_file": "--log-file",
+    "metrics": "--metrics",
+}
 _FLAGS = {"allow_other": "--allow-other"}
-_IGNORED = {"ro", "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail",
-            "_netdev", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime",
-            "relatime", "nodiratime", "sync", "async"}
+_IGNORED = {
+    "ro",
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "nofail",
+    "_netdev",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "noatime",
+    "atime",
+    "relatime",
+    "nodiratime",
+    "sync",
+    "async",
+}
 
 
 class HelperError(ValueError):

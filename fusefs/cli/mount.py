@@ -53,7 +53,9 @@ def mount(mountpoint, config, foreground, log_file, **flags):
     """
     values = effective_settings(config, flags)
     if values["hub"].value is None:
-        raise click.ClickException("no hub: give --hub URL, MODELFS_HUB, or hub = \"URL\" in the config file")
+        raise click.ClickException(
+            'no hub: give --hub URL, MODELFS_HUB, or hub = "URL" in the config file'
+        )
     token = read_token(values)
     settings = MountSettings(
         mountpoint=mountpoint,
@@ -67,8 +69,9 @@ def mount(mountpoint, config, foreground, log_file, **flags):
         allow_other=values["allow_other"].value,
         metrics=values["metrics"].value,
         cache_dir=values["cache_dir"].value,
-        cache_limits=CacheLimits(size=values["cache_size"].value,
-                                 min_free=values["cache_min_free"].value),
+        cache_limits=CacheLimits(
+            size=values["cache_size"].value, min_free=values["cache_min_free"].value
+        ),
     )
     if not foreground:
         sys.exit(_start_in_background(mountpoint, log_file))
@@ -100,8 +103,14 @@ def _start_in_background(mountpoint: str, log_file: str | None) -> int:
     argv = [sys.executable, "-m", "fusefs", *sys.argv[1:], "--foreground"]
     with open(log_file, "ab") as log:
         child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
-            env={**os.environ, READY_FD_ENV: str(write_end)}, start_new_session=True)
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(write_end,),
+            env={**os.environ, READY_FD_ENV: str(write_end)},
+            start_new_session=True,
+        )
     os.close(write_end)
     with os.fdopen(read_end) as ready:
         answer = ready.readline().strip()
@@ -120,8 +129,12 @@ def _start_in_background(mountpoint: str, log_file: str | None) -> int:
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--lazy/--no-lazy", default=True, show_default=True,
-              help="Detach even while files are open (readers then get errors).")
+@click.option(
+    "--lazy/--no-lazy",
+    default=True,
+    show_default=True,
+    help="Detach even while files are open (readers then get errors).",
+)
 def unmount(mountpoint, lazy):
     """Unmount a modelfs mount.
 
@@ -139,9 +152,8 @@ def unmount(mountpoint, lazy):
     cmd = [tool, "-u", path] if tool else ["umount", path]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 and lazy:
-        result = subprocess.run(cmd[:-1] + (["-z"] if tool else ["-l"]) + [path],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            cmd[:-1] + (["-z"] if tool else ["-l"]) + [path], capture_output=True, text=True
+        )
     if result.returncode != 0:
         raise click.ClickException(f"could not unmount {path}: {result.stderr.strip()}")
-
-

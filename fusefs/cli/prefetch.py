@@ -8,8 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 import click
 
@@ -64,10 +70,17 @@ def warm_all(paths: list[str], jobs: int, console: Console | None = None) -> lis
     files = expand(paths)
     console = console or Console(stderr=True)
     show = console.is_terminal
-    progress = Progress(TextColumn("{task.fields[marker]} {task.description}"), BarColumn(),
-                        DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not show)
+    progress = Progress(
+        TextColumn("{task.fields[marker]} {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+    )
     with progress:
+
         def run(path: str) -> Outcome:
             size = os.path.getsize(path) if os.path.exists(path) else None
             task = progress.add_task(os.path.basename(path), total=size, marker=" ")
@@ -103,7 +116,9 @@ def prefetch(paths, jobs):
     outcomes = warm_all(list(paths), jobs)
     failed = [o for o in outcomes if o.error]
     total = sum(o.bytes for o in outcomes)
-    click.echo(f"prefetched {len(outcomes) - len(failed)} of {len(outcomes)} files, {human_bytes(total)}",
-               err=True)
+    click.echo(
+        f"prefetched {len(outcomes) - len(failed)} of {len(outcomes)} files, {human_bytes(total)}",
+        err=True,
+    )
     if failed:
         sys.exit(1)

@@ -12,24 +12,66 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
 
 @click.command()
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option("--http", "http_addr", default="127.0.0.1:8080", show_default=True,
-              metavar="HOST:PORT", help="Hub API and CDN route; port 0 picks a free port.")
-@click.option("--grpc", "grpc_addr", default="127.0.0.1:0", show_default=True,
-              metavar="HOST:PORT", help="BidiReadObject data plane (without --topology).")
-@click.option("--region", default="local", show_default=True,
-              help="The region this store plays (without --topology).")
-@click.option("--topology", type=click.Path(dir_okay=False), metavar="FILE",
-              help='TOML file: [regions.<name>] grpc = "HOST:PORT", repos = ["owner/*"].')
-@click.option("--client-region", metavar="NAME",
-              help="Region to tell clients they are in (internalAccelerationInfo).")
-@click.option("--listing-limit", default=3000, show_default=True, type=click.IntRange(1),
-              help="Most entries a recursive listing returns (clients walk subtrees for more).")
-@click.option("--faults", is_flag=True,
-              help="Enable fault injection on /admin/faults (tests only).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(root: str, http_addr: str, grpc_addr: str, region: str, topology: str | None,
-          client_region: str | None, listing_limit: int, faults: bool, log_level: str) -> None:
+@click.option(
+    "--http",
+    "http_addr",
+    default="127.0.0.1:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Hub API and CDN route; port 0 picks a free port.",
+)
+@click.option(
+    "--grpc",
+    "grpc_addr",
+    default="127.0.0.1:0",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="BidiReadObject data plane (without --topology).",
+)
+@click.option(
+    "--region",
+    default="local",
+    show_default=True,
+    help="The region this store plays (without --topology).",
+)
+@click.option(
+    "--topology",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help='TOML file: [regions.<name>] grpc = "HOST:PORT", repos = ["owner/*"].',
+)
+@click.option(
+    "--client-region",
+    metavar="NAME",
+    help="Region to tell clients they are in (internalAccelerationInfo).",
+)
+@click.option(
+    "--listing-limit",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most entries a recursive listing returns (clients walk subtrees for more).",
+)
+@click.option(
+    "--faults", is_flag=True, help="Enable fault injection on /admin/faults (tests only)."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    root: str,
+    http_addr: str,
+    grpc_addr: str,
+    region: str,
+    topology: str | None,
+    client_region: str | None,
+    listing_limit: int,
+    faults: bool,
+    log_level: str,
+) -> None:
     """Serve ROOT/<owner>/<name>/<files…> as hub repos, over the hub HTTP API,
     BidiReadObject gRPC and a CDN-style range route.
 
@@ -56,8 +98,14 @@ def serve(root: str, http_addr: str, grpc_addr: str, region: str, topology: str 
     if client_region is not None and not valid_region(client_region):
         raise click.ClickException(f"--client-region: bad region name {client_region!r}")
     settings = ServeSettings(
-        root=root, http=http_addr, regions=tuple(regions), topology=bool(topology),
-        client_region=client_region, listing_limit=listing_limit, faults=faults)
+        root=root,
+        http=http_addr,
+        regions=tuple(regions),
+        topology=bool(topology),
+        client_region=client_region,
+        listing_limit=listing_limit,
+        faults=faults,
+    )
     try:
         run_store(settings)
     except ServeError as e:

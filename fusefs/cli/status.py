@@ -35,24 +35,37 @@ def status(mountpoint, as_json):
     click.echo(f"hub      {state['settings'].get('hub')}")
     click.echo(f"region   {state['region'] or '-'}   peers: {', '.join(state['peers']) or '-'}")
     click.echo(f"repos    {', '.join(state['repos']) or '-'}")
-    click.echo("read     " + (", ".join(f"{human_bytes(n)} {src}" for src, n in state["bytes_read"].items())
-                              or "nothing yet"))
-    click.echo(f"memory   {human_bytes(mem['in_use'])} of {human_bytes(mem['limit'])} "
-               f"({mem['evictions']} evictions)")
-    click.echo(f"streams  {state['stream_reopens']} reopens   probes: "
-               + (", ".join(f"{k} {v}" for k, v in sorted(state["probes"].items())) or "0"))
+    click.echo(
+        "read     "
+        + (
+            ", ".join(f"{human_bytes(n)} {src}" for src, n in state["bytes_read"].items())
+            or "nothing yet"
+        )
+    )
+    click.echo(
+        f"memory   {human_bytes(mem['in_use'])} of {human_bytes(mem['limit'])} "
+        f"({mem['evictions']} evictions)"
+    )
+    click.echo(
+        f"streams  {state['stream_reopens']} reopens   probes: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(state["probes"].items())) or "0")
+    )
     if cache := state.get("cache"):
-        click.echo(f"cache    {human_bytes(cache['used'])} of {human_bytes(cache['limit'])} in "
-                   f"{cache['dir']}   hits {human_bytes(cache['hit_bytes'])}, "
-                   f"misses {human_bytes(cache['miss_bytes'])}, {cache['evictions']} evictions, "
-                   f"{cache['sealed']} files verified")
+        click.echo(
+            f"cache    {human_bytes(cache['used'])} of {human_bytes(cache['limit'])} in "
+            f"{cache['dir']}   hits {human_bytes(cache['hit_bytes'])}, "
+            f"misses {human_bytes(cache['miss_bytes'])}, {cache['evictions']} evictions, "
+            f"{cache['sealed']} files verified"
+        )
     if state["errors"]:
         click.echo("errors   " + ", ".join(f"{k} {v}" for k, v in sorted(state["errors"].items())))
     click.echo(f"files    {state['files_open']} with a data path")
     for f in state["files"]:
         where = f"{f['source']} {f['region']}".strip()
-        click.echo(f"  {f['marker']} {f['path']}  {human_bytes(f['bytes_read'])} read  [{where}]"
-                   f"  reopens {f['stream_reopens']}")
+        click.echo(
+            f"  {f['marker']} {f['path']}  {human_bytes(f['bytes_read'])} read  [{where}]"
+            f"  reopens {f['stream_reopens']}"
+        )
     if state["files_not_listed"]:
         click.echo(f"  … and {state['files_not_listed']} more")
 

@@ -29,8 +29,10 @@ TimeoutStopSec=30
 WantedBy=multi-user.target
 """
 
-def unit_text(template: bool, mountpoint: str = "/models",
-              config: str = "/etc/modelfs/config.toml") -> str:
+
+def unit_text(
+    template: bool, mountpoint: str = "/models", config: str = "/etc/modelfs/config.toml"
+) -> str:
     modelfs = shutil.which("modelfs") or os.path.join(os.path.dirname(sys.executable), "modelfs")
     if template:
         # modelfs@data-models.service mounts /data/models with /etc/modelfs/data-models.toml
@@ -39,10 +41,14 @@ def unit_text(template: bool, mountpoint: str = "/models",
 
 
 @click.command("systemd-unit")
-@click.option("--template", is_flag=True, help="The modelfs@.service template (instance = mountpoint).")
+@click.option(
+    "--template", is_flag=True, help="The modelfs@.service template (instance = mountpoint)."
+)
 @click.option("--mountpoint", default="/models", show_default=True)
 @click.option("--config", "config_path", default="/etc/modelfs/config.toml", show_default=True)
-@click.option("--install", is_flag=True, help="Write it to /etc/systemd/system instead of printing.")
+@click.option(
+    "--install", is_flag=True, help="Write it to /etc/systemd/system instead of printing."
+)
 def systemd_unit(template, mountpoint, config_path, install):
     """Print (or install) the systemd unit for a modelfs mount.
 

@@ -29,7 +29,12 @@ import grpc
 from google.rpc import status_pb2
 
 from fusefs.data.errors import (
-    ChecksumError, DataError, GoneError, ProtocolError, RangeError, TransientError,
+    ChecksumError,
+    DataError,
+    GoneError,
+    ProtocolError,
+    RangeError,
+    TransientError,
 )
 from fusefs.data.decode import decode_response
 from fusefs.data.location import GrpcObject
@@ -42,8 +47,10 @@ MAX_RANGES_PER_MESSAGE = 100
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _METHOD = "/" + pb.DESCRIPTOR.services_by_name["Storage"].full_name + "/BidiReadObject"
 _GONE_CODES = {
-    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
@@ -78,9 +85,13 @@ class _Generation:
 class _Break(Exception):
     """How a generation ended, decided from its status or from a bad chunk."""
 
-    def __init__(self, error: DataError | None, *,
-                 redirect: pb.BidiReadObjectRedirectedError | None = None,
-                 range_errors: dict[int, DataError] | None = None):
+    def __init__(
+        self,
+        error: DataError | None,
+        *,
+        redirect: pb.BidiReadObjectRedirectedError | None = None,
+        range_errors: dict[int, DataError] | None = None,
+    ):
         super().__init__(str(error))
         self.error = error
         self.redirect = redirect
@@ -90,16 +101,24 @@ class _Break(Exception):
 class BidiStream:
     """Ranged reads of one object over one bidi stream (see module docstring)."""
 
-    def __init__(self, channel: grpc.Channel, target: GrpcObject, size: int,
-                 limits: StreamLimits = StreamLimits()):
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        target: GrpcObject,
+        size: int,
+        limits: StreamLimits = StreamLimits(),
+    ):
         self.target = target
         self.size = size
         self.limits = limits
         self.counters = StreamCounters()
         # Responses stay bytes (no deserializer): `decode_response` reads them in place.
         self._rpc = channel.stream_stream(
-            _METHOD, request_serializer=pb.BidiReadObjectRequest.SerializeToString,
-            response_deserializer=None, _registered_method=True)
+            _METHOD,
+            request_serializer=pb.BidiReadObjectRequest.SerializeToString,
+            response_deserializer=None,
+            _registered_method=True,
+        )
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._pending: dict[int, RangeRead] = {}
@@ -166,16 +185,21 @@ class BidiStream:
         self._generation += 1
         gen = _Generation(self._generation)
         spec = pb.BidiReadObjectSpec(
-            bucket=self.target.bucket_path, object=self.target.object,
-            generation=self._object_generation)
+            bucket=self.target.bucket_path,
+            object=self.target.object,
+            generation=self._object_generation,
+        )
         if self._read_handle:
             spec.read_handle.handle = self._read_handle
         if self._routing_token:
             spec.routing_token = self._routing_token
         items = list(self._pending.items())
         first, rest = items[:MAX_RANGES_PER_MESSAGE], items[MAX_RANGES_PER_MESSAGE:]
-        gen.requests.put(pb.BidiReadObjectRequest(
-            read_object_spec=spec, read_ranges=[_range_message(i, rr) for i, rr in first]))
+        gen.requests.put(
+            pb.BidiReadObjectRequest(
+                read_object_spec=spec, read_ranges=[_range_message(i, rr) for i, rr in first]
+            )
+        )
         self._send_locked(gen, rest)
         params = "bucket=" + quote(self.target.bucket_path, safe="")
         if self._routing_token:
@@ -183,14 +207,21 @@ class BidiStream:
         gen.call = self._rpc(_drain(gen.requests), metadata=[("x-goog-request-params", params)])
         self._active = gen
         self.counters.opens += 1
-        threading.Thread(target=self._receive, args=(gen,), daemon=True,
-                         name=f"bidi-recv-{gen.number}").start()
+        threading.Thread(
+            target=self._receive, args=(gen,), daemon=True, name=f"bidi-recv-{gen.number}"
+        ).start()
 
     @staticmethod
     def _send_locked(gen: _Generation, batch: list[tuple[int, RangeRead]]) -> None:
         for i in range(0, len(batch), MAX_RANGES_PER_MESSAGE):
-            gen.requests.put(pb.BidiReadObjectRequest(read_ranges=[
-                _range_message(read_id, rr) for read_id, rr in batch[i:i + MAX_RANGES_PER_MESSAGE]]))
+            gen.requests.put(
+                pb.BidiReadObjectRequest(
+                    read_ranges=[
+                        _range_message(read_id, rr)
+                        for read_id, rr in batch[i : i + MAX_RANGES_PER_MESSAGE]
+                    ]
+                )
+            )
 
     def _stop_locked(self) -> None:
         gen, self._active = self._active, None
@@ -202,8 +233,9 @@ class BidiStream:
     def _arm_idle_timer_locked(self) -> None:
         if self._pending or self._active is None or self._idle_timer is not None:
             return
-        timer = threading.Timer(self.limits.idle_timeout, self._close_if_idle,
-                                args=(self._active.number,))
+        timer = threading.Timer(
+            self.limits.idle_timeout, self._close_if_idle, args=(self._active.number,)
+        )
         timer.daemon = True
         self._idle_timer = timer
         timer.start()
@@ -242,11 +274,19 @@ class BidiStream:
             meta = response.metadata
             # Other bytes than the pinned listing promised: never serve them.
             if meta.size != self.size:
-                raise _Break(GoneError(f"{self.target.object}: store has {meta.size} bytes, "
-                                       f"the pinned listing says {self.size}"))
+                raise _Break(
+                    GoneError(
+                        f"{self.target.object}: store has {meta.size} bytes, "
+                        f"the pinned listing says {self.size}"
+                    )
+                )
             if self._object_generation and meta.generation != self._object_generation:
-                raise _Break(GoneError(f"{self.target.object}: generation {meta.generation}, "
-                                       f"pinned {self._object_generation}"))
+                raise _Break(
+                    GoneError(
+                        f"{self.target.object}: generation {meta.generation}, "
+                        f"pinned {self._object_generation}"
+                    )
+                )
             self._object_generation = meta.generation
         if response.read_handle is not None:
             self._read_handle = response.read_handle.handle
@@ -259,13 +299,14 @@ class BidiStream:
             if data.crc32c is None:
                 raise ProtocolError(f"{self.target.object}: chunk without CRC32C")
             if data.content_crc32c() != data.crc32c:
-                raise ChecksumError(f"{self.target.object}: CRC32C mismatch at "
-                                    f"{data.read_offset}")
+                raise ChecksumError(f"{self.target.object}: CRC32C mismatch at {data.read_offset}")
             complete = rr.feed(data.read_offset, data.content)
             self._failures = 0
             if data.range_end and not complete:
-                raise ProtocolError(f"{self.target.object}: range {read_id} ended at "
-                                    f"{rr.next_offset}, before {rr.end}")
+                raise ProtocolError(
+                    f"{self.target.object}: range {read_id} ended at "
+                    f"{rr.next_offset}, before {rr.end}"
+                )
             if complete:
                 with self._lock:
                     self._pending.pop(read_id, None)
@@ -283,7 +324,8 @@ class BidiStream:
             if not self._pending:
                 return
             error = outcome.error or TransientError(
-                f"{self.target.object}: stream ended with ranges outstanding")
+                f"{self.target.object}: stream ended with ranges outstanding"
+            )
             if not isinstance(error, TransientError):
                 self._fail_all_locked(error)
                 return
@@ -291,10 +333,13 @@ class BidiStream:
             if self._failures == 0:
                 self._first_failure = now
             self._failures += 1
-            if (self._failures > self.limits.max_attempts
-                    or now - self._first_failure > self.limits.retry_window):
-                log.warning("%s: giving up after %d attempts: %s",
-                            self.target.object, self._failures, error)
+            if (
+                self._failures > self.limits.max_attempts
+                or now - self._first_failure > self.limits.retry_window
+            ):
+                log.warning(
+                    "%s: giving up after %d attempts: %s", self.target.object, self._failures, error
+                )
                 self._failures = 0
                 self._fail_all_locked(error)
                 return
@@ -306,8 +351,9 @@ class BidiStream:
                     self._read_handle = outcome.redirect.read_handle.handle
                 delay = 0.0
             else:
-                delay = min(self.limits.backoff_initial * 2 ** (self._failures - 1),
-                            self.limits.backoff_max)
+                delay = min(
+                    self.limits.backoff_initial * 2 ** (self._failures - 1), self.limits.backoff_max
+                )
             log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
         if self._closing.wait(delay):
             return
@@ -347,15 +393,19 @@ def _classify(e: grpc.RpcError) -> _Break:
             detail.Unpack(errors)
             for item in errors.read_range_errors:
                 range_errors[item.read_id] = RangeError(
-                    f"read {item.read_id}: {item.status.message or message}")
+                    f"read {item.read_id}: {item.status.message or message}"
+                )
     if redirect is not None:
         return _Break(TransientError(message), redirect=redirect)
     if range_errors:
         return _Break(TransientError(message), range_errors=range_errors)
     if code in _GONE_CODES:
         return _Break(GoneError(message))
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
-                grpc.StatusCode.UNIMPLEMENTED):
+    if code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    ):
         return _Break(DataError(message))
     return _Break(TransientError(message))
 

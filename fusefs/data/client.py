@@ -36,9 +36,13 @@ _CHANNEL_OPTIONS = [
 
 
 class DataClient:
-    def __init__(self, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 read_limits: ReadLimits = ReadLimits(),
-                 stream_limits: StreamLimits = StreamLimits()):
+    def __init__(
+        self,
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        read_limits: ReadLimits = ReadLimits(),
+        stream_limits: StreamLimits = StreamLimits(),
+    ):
         self.budget = MemoryBudget(memory_budget)
         self.read_limits = read_limits
         self.stream_limits = stream_limits
@@ -49,10 +53,14 @@ class DataClient:
         self._nursery: trio.Nursery | None = None
 
     async def __aenter__(self) -> DataClient:
-        self._http = await self._stack.enter_async_context(httpx.AsyncClient(
-            http2=True, follow_redirects=False,
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)))
+        self._http = await self._stack.enter_async_context(
+            httpx.AsyncClient(
+                http2=True,
+                follow_redirects=False,
+                timeout=httpx.Timeout(30.0, connect=5.0),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            )
+        )
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._stack.callback(self.close)
         return self
@@ -76,13 +84,15 @@ class DataClient:
         if location_kind(location) == "http":
             return HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
         target = parse_grpc_url(location)
-        return BidiStream(self.channel(target.endpoint, target.tls), target, size,
-                          self.stream_limits)
+        return BidiStream(
+            self.channel(target.endpoint, target.tls), target, size, self.stream_limits
+        )
 
     def reader(self, source: RangeSource, size: int, name: str, *, align: int = 1) -> FileReader:
         """A reader over `source`, charged to this client's budget; call from inside trio."""
-        reader = FileReader(source, size, self.budget, self.read_limits, trio_waker(), name,
-                            align=align)
+        reader = FileReader(
+            source, size, self.budget, self.read_limits, trio_waker(), name, align=align
+        )
         self._readers.add(reader)
         return reader
 
@@ -96,4 +106,3 @@ class DataClient:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
-

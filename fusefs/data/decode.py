@@ -42,8 +42,16 @@ _RANGE_OFFSET, _RANGE_LENGTH, _RANGE_ID = 1, 2, 3
 class RangeData:
     """One `ObjectRangeData`: a chunk of one range, still inside its response."""
 
-    __slots__ = ("read_offset", "read_length", "read_id", "range_end", "crc32c",
-                 "_message", "_start", "_stop")
+    __slots__ = (
+        "read_offset",
+        "read_length",
+        "read_id",
+        "range_end",
+        "crc32c",
+        "_message",
+        "_start",
+        "_stop",
+    )
 
     def __init__(self, message: bytes):
         self.read_offset = 0
@@ -61,7 +69,7 @@ class RangeData:
     @property
     def content(self) -> memoryview:
         """The chunk, without a copy; it keeps the whole response alive."""
-        return memoryview(self._message)[self._start:self._stop]
+        return memoryview(self._message)[self._start : self._stop]
 
     def content_crc32c(self) -> int:
         # The crc32c package reads any buffer where it lies and releases the GIL.
@@ -137,7 +145,7 @@ def _checksummed(message: bytes, pos: int, end: int, data: RangeData) -> None:
             _expect(wire, _I32, field)
             if pos + 4 > end:
                 raise ProtocolError("truncated crc32c")
-            data.crc32c = int.from_bytes(message[pos:pos + 4], "little")
+            data.crc32c = int.from_bytes(message[pos : pos + 4], "little")
             pos += 4
         else:
             pos = _skip(message, pos, end, field, wire)
@@ -162,6 +170,7 @@ def _read_range(message: bytes, pos: int, end: int, data: RangeData) -> None:
 
 
 # -- wire primitives -----------------------------------------------------------
+
 
 def _varint(message: bytes, pos: int, end: int) -> tuple[int, int]:
     value = 0

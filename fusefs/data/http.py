@@ -26,8 +26,14 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class HttpRangeSource:
-    def __init__(self, http: httpx.AsyncClient, url: str, size: int,
-                 nursery: trio.Nursery, limits: StreamLimits = StreamLimits()):
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        size: int,
+        nursery: trio.Nursery,
+        limits: StreamLimits = StreamLimits(),
+    ):
         self.url = url
         self.size = size
         self.limits = limits
@@ -71,13 +77,17 @@ class HttpRangeSource:
                     except TransientError as e:
                         failures += 1
                         elapsed = trio.current_time() - start
-                        if (failures > self.limits.max_attempts
-                                or elapsed > self.limits.retry_window):
+                        if (
+                            failures > self.limits.max_attempts
+                            or elapsed > self.limits.retry_window
+                        ):
                             rr.fail(e)
                             return
                         self.retries += 1
-                        delay = min(self.limits.backoff_initial * 2 ** (failures - 1),
-                                    self.limits.backoff_max)
+                        delay = min(
+                            self.limits.backoff_initial * 2 ** (failures - 1),
+                            self.limits.backoff_max,
+                        )
                         log.info("%s: %s; retrying in %.2fs", self.url, e, delay)
                         await trio.sleep(delay)
             except DataError as e:
@@ -90,15 +100,17 @@ class HttpRangeSource:
         self.requests += 1
         try:
             async with self._http.stream(
-                    "GET", self.url, headers={"Range": f"bytes={first}-{last}"}) as response:
+                "GET", self.url, headers={"Range": f"bytes={first}-{last}"}
+            ) as response:
                 if response.status_code in (403, 404, 410):
                     raise GoneError(f"{self.url}: HTTP {response.status_code}")
                 if response.status_code >= 500 or response.status_code == 429:
                     raise TransientError(f"{self.url}: HTTP {response.status_code}")
                 if response.status_code != 206:
                     raise DataError(f"{self.url}: HTTP {response.status_code} to a range request")
-                _check_content_range(response.headers.get("content-range", ""),
-                                     first, last, self.size)
+                _check_content_range(
+                    response.headers.get("content-range", ""), first, last, self.size
+                )
                 pos = first
                 async for data in response.aiter_bytes():
                     self.progress += len(data)
@@ -116,5 +128,4 @@ def _check_content_range(value: str, first: int, last: int, size: int) -> None:
         raise ProtocolError(f"bad Content-Range {value!r}")
     a, b, total = int(match[1]), int(match[2]), match[3]
     if (a, b) != (first, last) or (total != "*" and int(total) != size):
-        raise ProtocolError(
-            f"Content-Range {value!r} does not match bytes {first}-{last}/{size}")
+        raise ProtocolError(f"Content-Range {value!r} does not match bytes {first}-{last}/{size}")

@@ -31,6 +31,11 @@ def tune_malloc() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    return all(mallopt(option, value) for option, value in (
-        (_M_ARENA_MAX, ARENA_MAX), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+    return all(
+        mallopt(option, value)
+        for option, value in (
+            (_M_ARENA_MAX, ARENA_MAX),
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        )
+    )

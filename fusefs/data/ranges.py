@@ -40,8 +40,16 @@ class RangeRead:
     """
 
     __slots__ = (
-        "offset", "length", "_chunks", "_starts", "_received", "_error",
-        "_waiters", "_lock", "_wake", "pins",
+        "offset",
+        "length",
+        "_chunks",
+        "_starts",
+        "_received",
+        "_error",
+        "_waiters",
+        "_lock",
+        "_wake",
+        "pins",
     )
 
     def __init__(self, offset: int, length: int, wake: Callable[[Callable[[], None]], None]):
@@ -98,7 +106,8 @@ class RangeRead:
                 raise ProtocolError(f"chunk at offset {offset}, expected {expected}")
             if len(data) > self.length - self._received:
                 raise ProtocolError(
-                    f"chunk of {len(data)} bytes at {offset} runs past range end {self.end}")
+                    f"chunk of {len(data)} bytes at {offset} runs past range end {self.end}"
+                )
             if data:
                 self._starts.append(offset)
                 self._chunks.append(data)

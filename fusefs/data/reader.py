@@ -50,8 +50,17 @@ class Waker(Protocol):
 
 
 class FileReader:
-    def __init__(self, source: RangeSource, size: int, budget: MemoryBudget,
-                 limits: ReadLimits, wake: Waker, name: str = "", *, align: int = 1):
+    def __init__(
+        self,
+        source: RangeSource,
+        size: int,
+        budget: MemoryBudget,
+        limits: ReadLimits,
+        wake: Waker,
+        name: str = "",
+        *,
+        align: int = 1,
+    ):
         self.source = source
         self.size = size
         self.name = name
@@ -110,8 +119,8 @@ class FileReader:
             self._give_up(covering)
             self._stalled_at = self.source.progress
             raise DeadlineError(
-                f"{self.name}: {end - offset} bytes at {offset} not served within "
-                f"{deadline:g}s") from None
+                f"{self.name}: {end - offset} bytes at {offset} not served within {deadline:g}s"
+            ) from None
         except DataError:
             self._give_up(covering)
             raise
@@ -158,4 +167,3 @@ class FileReader:
                     self.source.abandon(rr)
                     rr.fail(DeadlineError(f"{self.name}: abandoned"))
                 self._budget.drop(rr)
-

@@ -72,8 +72,10 @@ def check_mountpoint(path: str) -> str:
     except OSError:
         is_fuse = False
     if not is_fuse:
-        raise MountError("/dev/fuse is missing or not the FUSE device: load the fuse module "
-                         "(containers: --device /dev/fuse)")
+        raise MountError(
+            "/dev/fuse is missing or not the FUSE device: load the fuse module "
+            "(containers: --device /dev/fuse)"
+        )
     return path
 
 
@@ -108,16 +110,19 @@ def raise_kernel_limits(path: str, read_ahead_kb: int, max_background: int) -> N
     writes = [(f"/sys/class/bdi/{source[0]}/read_ahead_kb", read_ahead_kb)]
     connection = f"{FUSECTL}/{source[0].split(':')[1]}"
     if _fusectl_mounted() and os.path.isdir(connection):
-        writes += [(f"{connection}/max_background", max_background),
-                   (f"{connection}/congestion_threshold", max_background * 3 // 4)]
+        writes += [
+            (f"{connection}/max_background", max_background),
+            (f"{connection}/congestion_threshold", max_background * 3 // 4),
+        ]
     for knob, value in writes:
         try:
             with open(knob, "w") as f:
                 f.write(str(value))
             log.debug("%s=%d", knob, value)
         except OSError as e:
-            log.info("could not set %s (%s); reads will be smaller or fewer in flight",
-                     knob, e.strerror)
+            log.info(
+                "could not set %s (%s); reads will be smaller or fewer in flight", knob, e.strerror
+            )
 
 
 def _fusectl_mounted() -> bool:
@@ -125,8 +130,12 @@ def _fusectl_mounted() -> bool:
     if os.path.isdir(FUSECTL) and os.listdir(FUSECTL):
         return True
     try:
-        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], check=True,
-                       capture_output=True, timeout=10)
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", FUSECTL],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return bool(os.listdir(FUSECTL))
@@ -147,21 +156,33 @@ def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: No
 
 
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
-    async with HubClient(settings.hub, token=settings.token) as hub, \
-            DataClient(memory_budget=settings.memory_budget,
-                       read_limits=settings.read_limits) as data, \
-            _open_cache(settings) as cache:
+    async with (
+        HubClient(settings.hub, token=settings.token) as hub,
+        DataClient(memory_budget=settings.memory_budget, read_limits=settings.read_limits) as data,
+        _open_cache(settings) as cache,
+    ):
         region = settings.region or await hub.detect_region()
         tree = Tree()
         for spec in settings.repos:
             snap = await _pin(hub, spec, settings.cache_dir)
             tree.add_snapshot(snap)
-            log.info("pinned %s@%s at %s (%d files)", spec.repo, spec.revision,
-                     snap.commit[:12], len(snap.files))
-        view = {"mountpoint": mountpoint, "hub": settings.hub, "region": region,
-                "inter_regions": list(settings.peers), "memory_budget": settings.memory_budget,
-                "read_timeout": settings.read_limits.deadline, "metrics": settings.metrics,
-                "cache_dir": settings.cache_dir}
+            log.info(
+                "pinned %s@%s at %s (%d files)",
+                spec.repo,
+                spec.revision,
+                snap.commit[:12],
+                len(snap.files),
+            )
+        view = {
+            "mountpoint": mountpoint,
+            "hub": settings.hub,
+            "region": region,
+            "inter_regions": list(settings.peers),
+            "memory_budget": settings.memory_budget,
+            "read_timeout": settings.read_limits.deadline,
+            "metrics": settings.metrics,
+            "cache_dir": settings.cache_dir,
+        }
         ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data, view, cache)
         if settings.metrics:
             try:
@@ -169,7 +190,12 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             except OSError as e:
                 raise MountError(f"metrics address {settings.metrics}: {e.strerror}") from None
         options = set(pyfuse3.default_options) | {
-            "fsname=modelfs", "subtype=modelfs", "ro", "noatime", "auto_unmount"}
+            "fsname=modelfs",
+            "subtype=modelfs",
+            "ro",
+            "noatime",
+            "auto_unmount",
+        }
         if settings.allow_other:
             options.add("allow_other")
         try:
@@ -197,8 +223,9 @@ async def _pin(hub: HubClient, spec: RepoSpec, cache_dir: str | None) -> Snapsho
     try:
         snap = await hub.snapshot(spec.repo, spec.revision)
     except HubError as e:
-        kept = load_listing(cache_dir, spec) if cache_dir and not isinstance(e, RepoNotFound) \
-            else None
+        kept = (
+            load_listing(cache_dir, spec) if cache_dir and not isinstance(e, RepoNotFound) else None
+        )
         if kept is None:
             raise MountError(str(e)) from None
         log.warning("%s; using the listing kept in the cache (commit %s)", e, kept.commit[:12])
@@ -228,14 +255,16 @@ async def _open_cache(settings: MountSettings) -> AsyncIterator[FileCache | None
         disk.close()
 
 
-async def _announce(mountpoint: str, settings: MountSettings, region: str | None,
-                    on_ready: Callable[[], None]) -> None:
+async def _announce(
+    mountpoint: str, settings: MountSettings, region: str | None, on_ready: Callable[[], None]
+) -> None:
     """Declare the mount ready once the kernel has completed FUSE INIT with us."""
     # statfs is answered by our own main loop, so it returns only after INIT; the
     # kernel resets read-ahead during INIT, so raising it must come after that too.
     await trio.to_thread.run_sync(os.statvfs, mountpoint)
-    await trio.to_thread.run_sync(raise_kernel_limits, mountpoint, settings.read_ahead_kb,
-                                  MAX_BACKGROUND)
+    await trio.to_thread.run_sync(
+        raise_kernel_limits, mountpoint, settings.read_ahead_kb, MAX_BACKGROUND
+    )
     log.info("mounted %s (hub %s, region %s)", mountpoint, settings.hub, region or "-")
     on_ready()
     systemd.notify(f"READY=1\nSTATUS=mounted {mountpoint}")

@@ -49,6 +49,7 @@ def guarded(handler):
         except Exception:
             log.exception("%s%r failed", handler.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
+
     return run
 
 
@@ -75,8 +76,15 @@ class OpenFile:
 class ModelFS(pyfuse3.Operations):
     supports_dot_lookup = False
 
-    def __init__(self, tree: Tree, hub: HubClient, resolver: Resolver, data: DataClient,
-                 settings_view: dict | None = None, cache: FileCache | None = None):
+    def __init__(
+        self,
+        tree: Tree,
+        hub: HubClient,
+        resolver: Resolver,
+        data: DataClient,
+        settings_view: dict | None = None,
+        cache: FileCache | None = None,
+    ):
         super().__init__()
         self.tree = tree
         self.hub = hub
@@ -222,21 +230,24 @@ class ModelFS(pyfuse3.Operations):
                 resolution = Resolution("cache", "", "file://" + reader.source.path)
             else:
                 resolution = await self.resolver.resolve(snap.repo, snap.commit, f.path)
-                reader = await self._reader(node, self.data.open_source(resolution.location,
-                                                                        f.size))
+                reader = await self._reader(
+                    node, self.data.open_source(resolution.location, f.size)
+                )
         except (HubError, DataError, ValueError, OSError, EntryError) as e:
             log.warning("open %s/%s: %s", snap.repo, f.path, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             del self._opening[node.inode]
             done.set()
-        opened = self.files[node.inode] = OpenFile(node, resolution, reader,
-                                                   opened_at=time.monotonic())
+        opened = self.files[node.inode] = OpenFile(
+            node, resolution, reader, opened_at=time.monotonic()
+        )
         return opened
 
     def _cache_key(self, node: Node) -> str:
-        return self.cache.key(node.file.sha256, str(node.snapshot.repo), node.snapshot.commit,
-                              node.file.path)
+        return self.cache.key(
+            node.file.sha256, str(node.snapshot.repo), node.snapshot.commit, node.file.path
+        )
 
     async def _sealed_reader(self, node: Node) -> FileReader | None:
         """A reader from the disk cache alone, when the file is sealed there."""
@@ -246,8 +257,9 @@ class ModelFS(pyfuse3.Operations):
         try:
             return await self._reader(node, None)
         except (OSError, EntryError) as e:
-            log.warning("%s/%s: sealed in the cache but not readable (%s)", node.snapshot.repo,
-                        f.path, e)
+            log.warning(
+                "%s/%s: sealed in the cache but not readable (%s)", node.snapshot.repo, f.path, e
+            )
             return None
 
     async def _reader(self, node: Node, network: RangeSource | None) -> FileReader:
@@ -260,7 +272,8 @@ class ModelFS(pyfuse3.Operations):
         try:
             # Opening an entry may have to make room (evict), which walks the directory.
             source = await trio.to_thread.run_sync(
-                self.cache.source, self._cache_key(node), f.size, f.sha256, network)
+                self.cache.source, self._cache_key(node), f.size, f.sha256, network
+            )
         except (OSError, EntryError) as e:
             if network is None:
                 raise
@@ -322,15 +335,18 @@ class ModelFS(pyfuse3.Operations):
                 return False
             snap, f = opened.node.snapshot, opened.node.file
             try:
-                new = await self.resolver.resolve(snap.repo, snap.commit, f.path,
-                                                  exclude=opened.failed_regions)
-                reader = await self._reader(opened.node,
-                                            self.data.open_source(new.location, f.size))
+                new = await self.resolver.resolve(
+                    snap.repo, snap.commit, f.path, exclude=opened.failed_regions
+                )
+                reader = await self._reader(
+                    opened.node, self.data.open_source(new.location, f.size)
+                )
             except (HubError, DataError, ValueError, OSError, EntryError) as e:
                 log.warning("%s: no other source after %s: %s", failed.name, error, e)
                 return False
-            log.warning("%s: %s failed (%s); now %s", failed.name, _describe(res), error,
-                        _describe(new))
+            log.warning(
+                "%s: %s failed (%s); now %s", failed.name, _describe(res), error, _describe(new)
+            )
             failed.close()
             opened.resolution, opened.reader = new, reader
             return True
@@ -363,8 +379,11 @@ class ModelFS(pyfuse3.Operations):
         if opened is None or name not in XATTRS:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         res = opened.resolution
-        value = {b"user.modelfs.source": res.source, b"user.modelfs.region": res.region,
-                 b"user.modelfs.endpoint": res.location}[name]
+        value = {
+            b"user.modelfs.source": res.source,
+            b"user.modelfs.region": res.region,
+            b"user.modelfs.endpoint": res.location,
+        }[name]
         return value.encode()
 
     # -- the read-only rest ------------------------------------------------------

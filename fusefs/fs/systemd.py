@@ -22,7 +22,8 @@ def notify(state: str) -> bool:
             sock.sendall(state.encode())
     except OSError as e:
         # Like sd_notify(3): a supervisor that is gone must not take the mount down.
-        log.warning("could not notify %s (%s): %s", path.lstrip("\0"), state.split("\n")[0],
-                    e.strerror or e)
+        log.warning(
+            "could not notify %s (%s): %s", path.lstrip("\0"), state.split("\n")[0], e.strerror or e
+        )
         return False
     return True

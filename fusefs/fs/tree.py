@@ -17,6 +17,7 @@ import pyfuse3
 from fusefs.hub.client import RepoId, Snapshot
 from fusefs.hub.listing import RepoFile
 
+
 @dataclass(eq=False)
 class Node:
     inode: int
@@ -66,12 +67,17 @@ class Tree:
     def owner_dir(self, owner: str) -> Node:
         name = owner.encode()
         return self.root.children.get(name) or self._add(
-            self.root, name, True, mtime_ns=self.root.mtime_ns)
+            self.root, name, True, mtime_ns=self.root.mtime_ns
+        )
 
     def snapshots(self) -> list[Snapshot]:
         # copies: the metrics thread calls this while the FUSE loop adds repos
-        return [repo.snapshot for owner in list(self.root.children.values())
-                for repo in list(owner.children.values()) if repo.snapshot is not None]
+        return [
+            repo.snapshot
+            for owner in list(self.root.children.values())
+            for repo in list(owner.children.values())
+            if repo.snapshot is not None
+        ]
 
     def repo_dir(self, repo: RepoId) -> Node | None:
         owner = self.root.children.get(repo.owner.encode())
@@ -83,16 +89,29 @@ class Tree:
             return existing
         owner = self.owner_dir(snap.repo.owner)
         newest = max((f.mtime for f in snap.files), default=0) * 1_000_000_000
-        top = self._add(owner, snap.repo.name.encode(), True, snapshot=snap,
-                        mtime_ns=newest or self.root.mtime_ns)
+        top = self._add(
+            owner,
+            snap.repo.name.encode(),
+            True,
+            snapshot=snap,
+            mtime_ns=newest or self.root.mtime_ns,
+        )
         for f in snap.files:
             parent = top
             *dirs, base = f.path.split("/")
             for d in dirs:
                 parent = parent.children.get(d.encode()) or self._add(
-                    parent, d.encode(), True, snapshot=snap, mtime_ns=top.mtime_ns)
-            self._add(parent, base.encode(), False, size=f.size, snapshot=snap, file=f,
-                      mtime_ns=f.mtime * 1_000_000_000 or top.mtime_ns)
+                    parent, d.encode(), True, snapshot=snap, mtime_ns=top.mtime_ns
+                )
+            self._add(
+                parent,
+                base.encode(),
+                False,
+                size=f.size,
+                snapshot=snap,
+                file=f,
+                mtime_ns=f.mtime * 1_000_000_000 or top.mtime_ns,
+            )
             self.total_bytes += f.size
         return top
 

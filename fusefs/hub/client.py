@@ -88,15 +88,22 @@ class Answer:
 
 
 class HubClient:
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 10.0,
-                 probe_timeout: float = 3.0):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        probe_timeout: float = 3.0,
+    ):
         self.base_url = base_url.rstrip("/")
         self.probe_timeout = probe_timeout
         headers = {"User-Agent": "modelfs"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers,
-                                       timeout=timeout, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout, follow_redirects=False
+        )
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -108,7 +115,9 @@ class HubClient:
         try:
             response = await self._http.get(path, params=params)
         except httpx.HTTPError as e:
-            raise HubError(f"hub {self.base_url} unreachable: {e.__class__.__name__}: {e}") from None
+            raise HubError(
+                f"hub {self.base_url} unreachable: {e.__class__.__name__}: {e}"
+            ) from None
         if response.status_code == 404:
             raise RepoNotFound(f"not found on the hub: {path}")
         if response.status_code != 200:
@@ -136,8 +145,10 @@ class HubClient:
         raise RepoNotFound(f"{repo}: no branch or tag {revision!r}")
 
     async def _list(self, repo: RepoId, commit: str, root: str, recursive: bool) -> list:
-        data = await self._get_json(f"{repo.api}/repo/files", {
-            "Revision": commit, "Recursive": "true" if recursive else "false", "Root": root})
+        data = await self._get_json(
+            f"{repo.api}/repo/files",
+            {"Revision": commit, "Recursive": "true" if recursive else "false", "Root": root},
+        )
         entries = data.get("Files") if isinstance(data, dict) else None
         if not isinstance(entries, list):
             raise HubError(f"{repo}: malformed listing")
@@ -175,13 +186,15 @@ class HubClient:
         query = f"Revision={quote(commit, safe='')}&FilePath={quote(path, safe='')}"
         return f"{self.base_url}{repo.api}/repo?{query}"
 
-    async def ask_location(self, repo: RepoId, commit: str, path: str,
-                           region: str | None) -> Answer:
+    async def ask_location(
+        self, repo: RepoId, commit: str, path: str, region: str | None
+    ) -> Answer:
         """One probe: HEAD of the file's download URL, redirects not followed."""
         headers = {REGION_HEADER: region} if region else {}
         try:
-            response = await self._http.head(self.download_url(repo, commit, path),
-                                             headers=headers, timeout=self.probe_timeout)
+            response = await self._http.head(
+                self.download_url(repo, commit, path), headers=headers, timeout=self.probe_timeout
+            )
         except httpx.HTTPError as e:
             raise HubError(f"{repo}/{path}: probe failed: {e.__class__.__name__}") from None
         location = response.headers.get("location") if response.status_code in _REDIRECTS else None

@@ -76,9 +76,12 @@ def parse_files(repo: str, entries: object) -> list[RepoFile]:
             sha = None  # a digest we cannot use is no digest: never a wrong cache key
         mtime = entry.get("CommittedDate")
         files[path] = RepoFile(
-            path=path, size=size,
+            path=path,
+            size=size,
             sha256=sha,
-            mtime=mtime if isinstance(mtime, int) and not isinstance(mtime, bool) and mtime > 0 else 0,
+            mtime=mtime
+            if isinstance(mtime, int) and not isinstance(mtime, bool) and mtime > 0
+            else 0,
         )
     # A path that is a file and also a directory of other files cannot be both.
     dirs = {p.rsplit("/", i)[0] for p in files for i in range(1, p.count("/") + 1)}

@@ -58,8 +58,15 @@ class _Winner:
 
 
 class Resolver:
-    def __init__(self, hub: HubClient, region: str | None, peers: tuple[str, ...] = (), *,
-                 miss_ttl: float = 60.0, probe_attempts: int = 3):
+    def __init__(
+        self,
+        hub: HubClient,
+        region: str | None,
+        peers: tuple[str, ...] = (),
+        *,
+        miss_ttl: float = 60.0,
+        probe_attempts: int = 3,
+    ):
         self.hub = hub
         self.region = region
         self.peers = tuple(p for p in peers if p != region)
@@ -75,8 +82,9 @@ class Resolver:
         local = [("local", self.region)] if self.region else []
         return local + [("peer", p) for p in self.peers]
 
-    async def resolve(self, repo: RepoId, commit: str, path: str, *,
-                      exclude: frozenset[str] = frozenset()) -> Resolution:
+    async def resolve(
+        self, repo: RepoId, commit: str, path: str, *, exclude: frozenset[str] = frozenset()
+    ) -> Resolution:
         """Where to read `path` from, skipping regions in `exclude` (they failed)."""
         key = (repo, commit)
         while (walking := self._walking.get(key)) is not None and self._winner(key) is None:
@@ -95,8 +103,14 @@ class Resolver:
                 self._winners[key] = _Winner(res.region, float("inf"))
             elif winner is None or winner.region != _CDN:
                 self._winners[key] = _Winner(_CDN, trio.current_time() + self.miss_ttl)
-        log.info("%s %s/%s via %s%s", res.marker, repo, path, res.source,
-                 f" ({res.region})" if res.region else "")
+        log.info(
+            "%s %s/%s via %s%s",
+            res.marker,
+            repo,
+            path,
+            res.source,
+            f" ({res.region})" if res.region else "",
+        )
         return res
 
     def _winner(self, key) -> _Winner | None:
@@ -106,8 +120,9 @@ class Resolver:
             return None
         return winner
 
-    async def _walk(self, repo: RepoId, commit: str, path: str, winner: _Winner | None,
-                    exclude: frozenset[str]) -> tuple[Resolution, bool]:
+    async def _walk(
+        self, repo: RepoId, commit: str, path: str, winner: _Winner | None, exclude: frozenset[str]
+    ) -> tuple[Resolution, bool]:
         """Probe in order; (resolution, whether every probe gave a clear answer)."""
         order = [c for c in self.candidates if c[1] not in exclude]
         if winner is not None and winner.region != _CDN:
@@ -137,8 +152,9 @@ class Resolver:
             raise ResolveError(f"{repo}/{path}: the hub gave no usable location")
         return Resolution("cdn", "", public), conclusive
 
-    async def _probe(self, repo: RepoId, commit: str, path: str,
-                     region: str | None) -> Answer | None:
+    async def _probe(
+        self, repo: RepoId, commit: str, path: str, region: str | None
+    ) -> Answer | None:
         """One probe (shared with identical ones in flight); None if it failed transiently."""
         key = (repo, commit, path, region)
         if (shared := self._inflight.get(key)) is not None:
@@ -156,7 +172,7 @@ class Resolver:
     async def _probe_with_retries(self, repo, commit, path, region) -> Answer | None:
         for attempt in range(self.probe_attempts):
             if attempt:
-                await trio.sleep(0.05 * 2 ** attempt)
+                await trio.sleep(0.05 * 2**attempt)
             try:
                 answer = await self.hub.ask_location(repo, commit, path, region)
             except HubError as e:

@@ -62,18 +62,28 @@ class _Ranges:
 
     def add(self, ranges) -> None:
         if len(ranges) > MAX_RANGES_PER_MESSAGE:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"{len(ranges)} ranges in one message; at most {MAX_RANGES_PER_MESSAGE}")
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(ranges)} ranges in one message; at most {MAX_RANGES_PER_MESSAGE}",
+            )
         new = []
         for r in ranges:
             if r.read_id in self.ids or any(n.read_id == r.read_id for n in new):
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"read_id {r.read_id} is already outstanding")
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"read_id {r.read_id} is already outstanding"
+                )
             offset = r.read_offset if r.read_offset >= 0 else self.size + r.read_offset
-            if r.read_length < 0 or offset < 0 or offset > self.size or (
-                    r.read_length and offset + r.read_length > self.size):
-                raise _range_error(r.read_id, f"range {r.read_offset}+{r.read_length} is outside "
-                                              f"an object of {self.size} bytes")
+            if (
+                r.read_length < 0
+                or offset < 0
+                or offset > self.size
+                or (r.read_length and offset + r.read_length > self.size)
+            ):
+                raise _range_error(
+                    r.read_id,
+                    f"range {r.read_offset}+{r.read_length} is outside "
+                    f"an object of {self.size} bytes",
+                )
             end = offset + r.read_length if r.read_length else self.size
             new.append(_Range(r.read_id, offset, end))
         with self.cond:
@@ -114,24 +124,40 @@ class _Ranges:
 
 
 def _range_error(read_id: int, message: str) -> _Abort:
-    err = pb.BidiReadObjectError(read_range_errors=[pb.ReadRangeError(
-        read_id=read_id, status=status_pb2.Status(code=code_pb2.OUT_OF_RANGE, message=message))])
+    err = pb.BidiReadObjectError(
+        read_range_errors=[
+            pb.ReadRangeError(
+                read_id=read_id,
+                status=status_pb2.Status(code=code_pb2.OUT_OF_RANGE, message=message),
+            )
+        ]
+    )
     return _Abort(grpc.StatusCode.OUT_OF_RANGE, message, [err])
 
 
 def method_handlers(service: "BidiReadService") -> grpc.GenericRpcHandler:
     """Register the service; responses leave it already serialized (see wire.py)."""
-    return grpc.method_handlers_generic_handler("google.storage.v2.Storage", {
-        "BidiReadObject": grpc.stream_stream_rpc_method_handler(
-            service.BidiReadObject,
-            request_deserializer=pb.BidiReadObjectRequest.FromString,
-            response_serializer=None),
-    })
+    return grpc.method_handlers_generic_handler(
+        "google.storage.v2.Storage",
+        {
+            "BidiReadObject": grpc.stream_stream_rpc_method_handler(
+                service.BidiReadObject,
+                request_deserializer=pb.BidiReadObjectRequest.FromString,
+                response_serializer=None,
+            ),
+        },
+    )
 
 
 class BidiReadService:
-    def __init__(self, region: Region, store: Store, stats: Stats, faults: FaultPlan | None,
-                 chunk_size: int = DEFAULT_CHUNK):
+    def __init__(
+        self,
+        region: Region,
+        store: Store,
+        stats: Stats,
+        faults: FaultPlan | None,
+        chunk_size: int = DEFAULT_CHUNK,
+    ):
         self.region = region
         self.bucket = BUCKET_PREFIX + region.name
         self.store = store
@@ -150,7 +176,8 @@ class BidiReadService:
                     packed.Pack(detail)
                     status.details.append(packed)
                 context.set_trailing_metadata(
-                    (("grpc-status-details-bin", status.SerializeToString()),))
+                    (("grpc-status-details-bin", status.SerializeToString()),)
+                )
             context.abort(e.code, e.message)
 
     def _fault(self, kind: str):
@@ -168,8 +195,9 @@ class BidiReadService:
         if f is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no object {spec.object!r} in {self.bucket}")
         if spec.generation and spec.generation != f.generation:
-            raise _Abort(grpc.StatusCode.NOT_FOUND,
-                         f"{spec.object!r} has no generation {spec.generation}")
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND, f"{spec.object!r} has no generation {spec.generation}"
+            )
         return f
 
     def _serve(self, request_iterator, context):
@@ -183,21 +211,33 @@ class BidiReadService:
         if self._fault("unavailable"):
             raise _Abort(grpc.StatusCode.UNAVAILABLE, "injected: unavailable")
         if redirect := self._fault("redirect"):
-            raise _Abort(grpc.StatusCode.ABORTED, "injected: redirected", [
-                pb.BidiReadObjectRedirectedError(
-                    read_handle=pb.BidiReadHandle(handle=b"redirected"),
-                    routing_token=str(redirect.params.get("routing_token", "token")))])
+            raise _Abort(
+                grpc.StatusCode.ABORTED,
+                "injected: redirected",
+                [
+                    pb.BidiReadObjectRedirectedError(
+                        read_handle=pb.BidiReadHandle(handle=b"redirected"),
+                        routing_token=str(redirect.params.get("routing_token", "token")),
+                    )
+                ],
+            )
         f = self._open(first.read_object_spec)
         ranges = _Ranges(f.size)
         ranges.add(first.read_ranges)
         context.add_callback(ranges.finish)
-        threading.Thread(target=self._drain, args=(request_iterator, ranges), daemon=True,
-                         name="bidi-requests").start()
+        threading.Thread(
+            target=self._drain, args=(request_iterator, ranges), daemon=True, name="bidi-requests"
+        ).start()
         fd = os.open(f.abspath, os.O_RDONLY)
         try:
             yield pb.BidiReadObjectResponse(
-                metadata=pb.Object(name=first.read_object_spec.object, bucket=self.bucket,
-                                   generation=f.generation, metageneration=1, size=f.size),
+                metadata=pb.Object(
+                    name=first.read_object_spec.object,
+                    bucket=self.bucket,
+                    generation=f.generation,
+                    metageneration=1,
+                    size=f.size,
+                ),
                 read_handle=pb.BidiReadHandle(handle=f"{f.path}@{f.generation}".encode()),
             ).SerializeToString()
             sent = 0

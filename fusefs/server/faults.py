@@ -42,8 +42,10 @@ class FaultPlan:
 
     def listing(self) -> list[dict]:
         with self._lock:
-            return [{"kind": f.kind, "count": f.count, "region": f.region, **f.params}
-                    for f in self._faults]
+            return [
+                {"kind": f.kind, "count": f.count, "region": f.region, **f.params}
+                for f in self._faults
+            ]
 
     def take(self, kind: str, region: str | None = None) -> Fault | None:
         """Use up one occurrence of the first matching fault."""

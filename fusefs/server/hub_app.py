@@ -52,24 +52,40 @@ class Request:
 class Reply(Exception):
     """A complete non-streamed answer (raised or returned)."""
 
-    def __init__(self, status: int, body: bytes = b"", headers: dict | None = None,
-                 content_type: str = "application/json"):
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict | None = None,
+        content_type: str = "application/json",
+    ):
         self.status, self.body = status, body
         self.headers = {"content-type": content_type, **(headers or {})}
 
 
 def ok(data) -> Reply:
-    return Reply(200, json.dumps({"Code": 200, "Data": data, "Message": "", "Success": True}).encode())
+    return Reply(
+        200, json.dumps({"Code": 200, "Data": data, "Message": "", "Success": True}).encode()
+    )
 
 
 def error(status: int, message: str) -> Reply:
-    return Reply(status, json.dumps({"Code": status, "Message": message, "Success": False}).encode())
+    return Reply(
+        status, json.dumps({"Code": status, "Message": message, "Success": False}).encode()
+    )
 
 
 class HubApp:
-    def __init__(self, store: Store, regions: list[Region], grpc_addrs: dict[str, str],
-                 stats: Stats, faults: FaultPlan | None, client_region: str | None,
-                 listing_limit: int = 3000):
+    def __init__(
+        self,
+        store: Store,
+        regions: list[Region],
+        grpc_addrs: dict[str, str],
+        stats: Stats,
+        faults: FaultPlan | None,
+        client_region: str | None,
+        listing_limit: int = 3000,
+    ):
         self.store = store
         self.regions = {r.name: r for r in regions}
         self.grpc_addrs = grpc_addrs
@@ -94,9 +110,13 @@ class HubApp:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        req = Request(scope["method"], scope["path"],
-                      {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()},
-                      {k.decode().lower(): v.decode() for k, v in scope["headers"]}, body)
+        req = Request(
+            scope["method"],
+            scope["path"],
+            {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()},
+            {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+            body,
+        )
         try:
             reply = await self.route(req, send)
         except Reply as r:
@@ -105,11 +125,19 @@ class HubApp:
             log.exception("%s %s failed", req.method, req.path)
             reply = error(500, "internal error")
         if reply is not None:
-            await send({"type": "http.response.start", "status": reply.status,
-                        "headers": [(k.encode(), str(v).encode()) for k, v in
-                                    {**reply.headers, "content-length": len(reply.body)}.items()]})
-            await send({"type": "http.response.body",
-                        "body": b"" if req.method == "HEAD" else reply.body})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [
+                        (k.encode(), str(v).encode())
+                        for k, v in {**reply.headers, "content-length": len(reply.body)}.items()
+                    ],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": b"" if req.method == "HEAD" else reply.body}
+            )
 
     async def route(self, req: Request, send) -> Reply | None:
         path = req.path
@@ -124,17 +152,23 @@ class HubApp:
         if path == "/api/v1/repos/internalAccelerationInfo":
             return ok({"RegionQueryAddress": f"{self.base}/api/v1/repos/regionId"})
         if path == "/api/v1/repos/regionId":
-            region = self.client_region or (next(iter(self.regions)) if len(self.regions) == 1 else None)
-            return Reply(200, region.encode(), content_type="text/plain") if region else \
-                error(404, "client region unknown")
+            region = self.client_region or (
+                next(iter(self.regions)) if len(self.regions) == 1 else None
+            )
+            return (
+                Reply(200, region.encode(), content_type="text/plain")
+                if region
+                else error(404, "client region unknown")
+            )
         if m := _MODEL.match(path):
             repo = RepoId(unquote(m[1]), unquote(m[2]))
             if not self.store.exists(repo):
                 return error(404, f"model {repo} not found")
             return await self.model(req, repo, m[3] or "")
         if m := _CDN.match(path):
-            return await self.cdn(req, send, RepoId(unquote(m[1]), unquote(m[2])), m[3],
-                                  unquote(m[4]))
+            return await self.cdn(
+                req, send, RepoId(unquote(m[1]), unquote(m[2])), m[3], unquote(m[4])
+            )
         return error(404, "no such route")
 
     async def current(self, repo: RepoId, revision: str | None) -> RepoState:
@@ -145,19 +179,37 @@ class HubApp:
 
     async def model(self, req: Request, repo: RepoId, what: str) -> Reply:
         if what == "":
-            return ok({"Name": repo.name, "Path": repo.owner, "Id": f"{repo}",
-                       "ModelType": [], "Description": ""})
+            return ok(
+                {
+                    "Name": repo.name,
+                    "Path": repo.owner,
+                    "Id": f"{repo}",
+                    "ModelType": [],
+                    "Description": "",
+                }
+            )
         if what == "/revisions":
             state = await self.current(repo, None)
-            return ok({"RevisionMap": {"Branches": [
-                {"Revision": "master", "CommitId": state.commit, "CreatedAt": int(time.time())}],
-                "Tags": []}})
+            return ok(
+                {
+                    "RevisionMap": {
+                        "Branches": [
+                            {
+                                "Revision": "master",
+                                "CommitId": state.commit,
+                                "CreatedAt": int(time.time()),
+                            }
+                        ],
+                        "Tags": [],
+                    }
+                }
+            )
         if what == "/repo/files":
             state = await self.current(repo, req.query.get("Revision"))
             recursive = req.query.get("Recursive", "false").lower() == "true"
             entries = listing(state, req.query.get("Root", "").strip("/"), recursive)
             if recursive:
-                entries = entries[:self.listing_limit]  # as the hub does: walk subtrees for more
+                entries = entries[: self.listing_limit]  # as the hub does: walk subtrees for more
             return ok({"Files": entries})
         # the download URL: a probe
         region_name = req.headers.get(REGION_HEADER, "")
@@ -168,12 +220,15 @@ class HubApp:
             return error(404, "no such file")
         region = self.regions.get(region_name)
         if region is not None and region.holds(str(repo)):
-            location = GrpcObject(self.grpc_addrs[region.name], region.name,
-                                  f"{repo}/{f.path}", f.generation).url()
+            location = GrpcObject(
+                self.grpc_addrs[region.name], region.name, f"{repo}/{f.path}", f.generation
+            ).url()
         else:
             parts = "/".join(quote(p, safe="") for p in f.path.split("/"))
-            location = (f"{self.base}/cdn/{quote(repo.owner, safe='')}/"
-                        f"{quote(repo.name, safe='')}/{state.commit}/{parts}")
+            location = (
+                f"{self.base}/cdn/{quote(repo.owner, safe='')}/"
+                f"{quote(repo.name, safe='')}/{state.commit}/{parts}"
+            )
         return Reply(302, b"", {"location": location})
 
     async def cdn(self, req: Request, send, repo: RepoId, commit: str, path: str) -> Reply | None:
@@ -186,8 +241,11 @@ class HubApp:
         if self.faults and self.faults.take("cdn_forbidden"):
             return error(403, "injected: URL expired")
         size = f.size
-        headers = {"etag": f'"{state.digests[path]}"', "accept-ranges": "bytes",
-                   "content-type": "application/octet-stream"}
+        headers = {
+            "etag": f'"{state.digests[path]}"',
+            "accept-ranges": "bytes",
+            "content-type": "application/octet-stream",
+        }
         first, last, status = 0, size - 1, 200
         if spec := req.headers.get("range"):
             parsed = parse_range(spec, size)
@@ -199,8 +257,16 @@ class HubApp:
                 headers["content-range"] = f"bytes {first}-{last}/{size}"
         length = last - first + 1 if size else 0
         self.stats.add("counts", "cdn_requests")
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (k.encode(), v.encode()) for k, v in {**headers, "content-length": str(length)}.items()]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (k.encode(), v.encode())
+                    for k, v in {**headers, "content-length": str(length)}.items()
+                ],
+            }
+        )
         if req.method == "HEAD" or length == 0:
             await send({"type": "http.response.body", "body": b""})
             return None
@@ -212,16 +278,17 @@ class HubApp:
                 data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
                 pos += len(data)
                 self.stats.add("counts", "cdn_bytes", len(data))
-                await send({"type": "http.response.body", "body": data,
-                            "more_body": pos <= last})
+                await send({"type": "http.response.body", "body": data, "more_body": pos <= last})
         finally:
             os.close(fd)
         return None
 
     def admin(self, req: Request) -> Reply:
         if req.path == "/admin/stats" and req.method == "GET":
-            return Reply(200, json.dumps(self.stats.view(
-                self.faults.injected if self.faults else {})).encode())
+            return Reply(
+                200,
+                json.dumps(self.stats.view(self.faults.injected if self.faults else {})).encode(),
+            )
         if req.path == "/admin/stats/reset" and req.method == "POST":
             self.stats.reset()
             if self.faults:
@@ -253,22 +320,39 @@ def listing(state: RepoState, root: str, recursive: bool) -> list[dict]:
     for path in sorted(state.files):
         if not path.startswith(prefix):
             continue
-        rest = path[len(prefix):]
+        rest = path[len(prefix) :]
         parts = rest.split("/")
         for i in range(1, len(parts)):
             dirs.add("/".join(parts[:i]))
         if not recursive and len(parts) > 1:
             continue
         f = state.files[path]
-        entries.append({"Name": parts[-1], "Path": path, "Size": f.size,
-                        "Sha256": state.digests[path], "Type": "blob",
-                        "Revision": state.commit, "CommittedDate": f.mtime,
-                        "IsLFS": f.size >= LFS_THRESHOLD})
+        entries.append(
+            {
+                "Name": parts[-1],
+                "Path": path,
+                "Size": f.size,
+                "Sha256": state.digests[path],
+                "Type": "blob",
+                "Revision": state.commit,
+                "CommittedDate": f.mtime,
+                "IsLFS": f.size >= LFS_THRESHOLD,
+            }
+        )
     for d in sorted(dirs):
         if recursive or "/" not in d:
-            entries.append({"Name": d.rsplit("/", 1)[-1], "Path": prefix + d, "Size": 0,
-                            "Sha256": "", "Type": "tree", "Revision": state.commit,
-                            "CommittedDate": 0, "IsLFS": False})
+            entries.append(
+                {
+                    "Name": d.rsplit("/", 1)[-1],
+                    "Path": prefix + d,
+                    "Size": 0,
+                    "Sha256": "",
+                    "Type": "tree",
+                    "Revision": state.commit,
+                    "CommittedDate": 0,
+                    "IsLFS": False,
+                }
+            )
     return entries
 
 

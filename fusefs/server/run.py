@@ -80,7 +80,12 @@ def run_store(settings: ServeSettings) -> None:
             server, addrs[r.name] = start_grpc(r, store, stats, plan)
             servers.append(server)
         app = HubApp(
-            store, list(settings.regions), addrs, stats, plan, settings.client_region,
+            store,
+            list(settings.regions),
+            addrs,
+            stats,
+            plan,
+            settings.client_region,
             settings.listing_limit,
         )
         by_region = dict(zip(addrs, servers, strict=True))

@@ -25,11 +25,17 @@ class Stats:
 
     def view(self, faults_injected: dict) -> dict:
         with self._lock:
-            return {"probes": dict(self.probes), "streams_opened": dict(self.streams_opened),
-                    "grpc_bytes": dict(self.grpc_bytes), "ranges": dict(self.ranges),
-                    "hub_requests": self.counts["hub_requests"],
-                    "cdn_requests": self.counts["cdn_requests"],
-                    "cdn_bytes": self.counts["cdn_bytes"],
-                    "requests_with_credentials": {"api": self.counts["auth_api"],
-                                                  "cdn": self.counts["auth_cdn"]},
-                    "faults_injected": dict(faults_injected)}
+            return {
+                "probes": dict(self.probes),
+                "streams_opened": dict(self.streams_opened),
+                "grpc_bytes": dict(self.grpc_bytes),
+                "ranges": dict(self.ranges),
+                "hub_requests": self.counts["hub_requests"],
+                "cdn_requests": self.counts["cdn_requests"],
+                "cdn_bytes": self.counts["cdn_bytes"],
+                "requests_with_credentials": {
+                    "api": self.counts["auth_api"],
+                    "cdn": self.counts["auth_cdn"],
+                },
+                "faults_injected": dict(faults_injected),
+            }

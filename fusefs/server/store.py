@@ -47,16 +47,22 @@ class Store:
         return os.path.join(self.root, repo.owner, repo.name)
 
     def exists(self, repo: RepoId) -> bool:
-        return (valid_repo_part(repo.owner) and valid_repo_part(repo.name)
-                and os.path.isdir(self.repo_path(repo)))
+        return (
+            valid_repo_part(repo.owner)
+            and valid_repo_part(repo.name)
+            and os.path.isdir(self.repo_path(repo))
+        )
 
     def scan(self, repo: RepoId) -> dict[str, StoredFile]:
         """The repo's regular files as they are now (hidden files and links skipped)."""
         base = self.repo_path(repo)
         out: dict[str, StoredFile] = {}
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                 and not os.path.islink(os.path.join(dirpath, d)))
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if not d.startswith(".") and not os.path.islink(os.path.join(dirpath, d))
+            )
             for name in filenames:
                 if name.startswith("."):
                     continue
@@ -79,8 +85,9 @@ class Store:
         except OSError:
             return None
         if not stat.S_ISREG(st.st_mode) or any(
-                os.path.islink(os.path.join(self.repo_path(repo), *parts[:i]))
-                for i in range(1, len(parts))):
+            os.path.islink(os.path.join(self.repo_path(repo), *parts[:i]))
+            for i in range(1, len(parts))
+        ):
             return None
         return _stored(path, full, st)
 
@@ -115,5 +122,11 @@ class Store:
 
 
 def _stored(path: str, full: str, st: os.stat_result) -> StoredFile:
-    return StoredFile(path, full, st.st_size, int(st.st_mtime), max(1, st.st_mtime_ns // 1000),
-                      (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return StoredFile(
+        path,
+        full,
+        st.st_size,
+        int(st.st_mtime),
+        max(1, st.st_mtime_ns // 1000),
+        (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+    )

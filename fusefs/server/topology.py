@@ -1,8 +1,8 @@
 """Which regions the store plays, where each listens, and which repos each holds.
 
-    [regions.cn-hangzhou]
-    grpc = "127.0.0.1:0"
-    repos = ["Qwen/*", "acme/model-a"]
+[regions.cn-hangzhou]
+grpc = "127.0.0.1:0"
+repos = ["Qwen/*", "acme/model-a"]
 """
 
 from __future__ import annotations
@@ -62,6 +62,6 @@ def load(path: str) -> list[Region]:
         parse_host_port(spec["grpc"], f"{where}.grpc")
         repos = spec.get("repos", [])
         if not isinstance(repos, list) or not all(isinstance(r, str) and "/" in r for r in repos):
-            raise TopologyError(f"{where}.repos: expected a list of \"owner/name\" globs")
+            raise TopologyError(f'{where}.repos: expected a list of "owner/name" globs')
         regions.append(Region(name, spec["grpc"], tuple(repos)))
     return regions

@@ -26,10 +26,20 @@ def data_response(content: bytes, crc32c: int, offset: int, read_id: int, last: 
     checked_head = b"\x0a" + _varint(len(content))  # ChecksummedData.content = 1
     checked_tail = b"\x15" + crc32c.to_bytes(4, "little")  # ChecksummedData.crc32c = 2, fixed32
     checked_len = len(checked_head) + len(content) + len(checked_tail)
-    read_range = (b"\x08" + _varint(offset) + b"\x10" + _varint(len(content))
-                  + b"\x18" + _varint(read_id))
+    read_range = (
+        b"\x08" + _varint(offset) + b"\x10" + _varint(len(content)) + b"\x18" + _varint(read_id)
+    )
     range_head = b"\x0a" + _varint(checked_len)  # ObjectRangeData.checksummed_data = 1
     range_tail = b"\x12" + _varint(len(read_range)) + read_range + (b"\x18\x01" if last else b"")
     range_len = len(range_head) + checked_len + len(range_tail)
-    return b"".join((b"\x32", _varint(range_len),  # BidiReadObjectResponse.object_data_ranges = 6
-                     range_head, checked_head, content, checked_tail, range_tail))
+    return b"".join(
+        (
+            b"\x32",
+            _varint(range_len),  # BidiReadObjectResponse.object_data_ranges = 6
+            range_head,
+            checked_head,
+            content,
+            checked_tail,
+            range_tail,
+        )
+    )

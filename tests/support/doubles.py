@@ -79,21 +79,31 @@ class HostileHub:
                 url = urlsplit(self.path)
                 q = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 if url.path.endswith("/revisions"):
-                    body = {"Code": 200, "Data": {"RevisionMap": {"Branches": [
-                        {"Revision": "master", "CommitId": COMMIT}], "Tags": []}}}
+                    body = {
+                        "Code": 200,
+                        "Data": {
+                            "RevisionMap": {
+                                "Branches": [{"Revision": "master", "CommitId": COMMIT}],
+                                "Tags": [],
+                            }
+                        },
+                    }
                     return self._send(200, json.dumps(body).encode())
                 if url.path.endswith("/repo/files"):
-                    body = hub.listing_body or json.dumps(
-                        {"Code": 200, "Data": {"Files": hub.files}}).encode()
+                    body = (
+                        hub.listing_body
+                        or json.dumps({"Code": 200, "Data": {"Files": hub.files}}).encode()
+                    )
                     return self._send(200, body)
                 if url.path.endswith("/repo"):
                     loc = hub.location or f"{hub.url}/cdn/{q.get('FilePath')}"
                     return self._send(302, headers=[("Location", loc)])
                 if url.path.startswith("/cdn/"):
                     first, last = map(int, self.headers["Range"][6:].split("-"))
-                    body = CONTENT[first:last + 1] + hub.cdn_extra
-                    return self._send(206, body, [
-                        ("Content-Range", f"bytes {first}-{last}/{len(CONTENT)}")])
+                    body = CONTENT[first : last + 1] + hub.cdn_extra
+                    return self._send(
+                        206, body, [("Content-Range", f"bytes {first}-{last}/{len(CONTENT)}")]
+                    )
                 return self._send(404, b"{}")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -118,7 +128,7 @@ class InstantSource:
     def submit(self, ranges):
         for rr in ranges:
             self.submitted.append((rr.offset, rr.length))
-            rr.feed(rr.offset, self.data[rr.offset:rr.end])
+            rr.feed(rr.offset, self.data[rr.offset : rr.end])
 
     def abandon(self, rr):
         pass
