@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusefs.fs.mount import mount_source
+from fusefs.fs.mount import mount_source, mount_table
 
 MiB = 1 << 20
 START_TIMEOUT = 60.0
@@ -103,6 +103,11 @@ def run_cli(
 
 def is_mounted(path: Path | str) -> bool:
     return mount_source(os.path.abspath(path)) is not None
+
+
+def mount_points() -> list[str]:
+    """Every mount point of this mount namespace."""
+    return list(mount_table())
 
 
 def peak_rss_mib(pid: int) -> float | None:

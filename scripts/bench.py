@@ -57,6 +57,12 @@ from typing import Any
 import numpy as np
 import trio
 
+from fusefs.cache.store import CacheLimits, DiskCache, cache_key
+from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
+from fusefs.data.malloc_tuning import tune_malloc
+from fusefs.hub.client import HubClient, RepoId
+from fusefs.testing import Mount, ServerHandle, peak_rss_mib, start_mount, start_regions
+
 from bench_peers import (
     RCLONE_FLAGS,
     PeerUnavailable,
@@ -68,12 +74,6 @@ from bench_peers import (
     version_line,
 )
 from bench_report import Report, add_ratios, print_report, targets
-
-from fusefs.cache.store import CacheLimits, DiskCache, cache_key
-from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
-from fusefs.data.malloc_tuning import tune_malloc
-from fusefs.hub.client import HubClient, RepoId
-from fusefs.testing import Mount, ServerHandle, peak_rss_mib, start_mount, start_regions
 
 MiB = 1 << 20
 REPO = RepoId("bench", "model")
@@ -266,6 +266,7 @@ server.wait_for_termination()
 def grpc_drain(endpoint: str, bucket: str, obj: str, size: int) -> float:
     """MB/s of one stream reading `size` bytes, parsing messages, nothing else."""
     import grpc
+
     from fusefs.proto import storage_pb2 as pb
     from fusefs.proto import storage_pb2_grpc
 
@@ -317,7 +318,7 @@ async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) ->
         ]
     async with DataClient() as data:
         t = time.perf_counter()
-        for path, location in zip(paths, locations):
+        for path, location in zip(paths, locations, strict=False):
             reader = data.open_reader(location, sizes[path])
             off = 0
             while chunk := await reader.read(off, block):
@@ -710,7 +711,7 @@ def interrupts_ignored() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in zip(sigs, old):
+        for s, handler in zip(sigs, old, strict=False):
             signal.signal(s, handler)
 
 
@@ -718,7 +719,7 @@ def quietly(what: str, fn: Callable[[], object]) -> None:
     """Run one cleanup step; a failure is reported and the next steps still run."""
     try:
         fn()
-    except Exception as e:  # noqa: BLE001 - cleanup must go on
+    except Exception as e:
         print(f"bench: cleanup: {what} failed: {e}", file=sys.stderr)
 
 

@@ -9,20 +9,19 @@ stops them in order (a mount before the server it reads from).
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from fusefs.testing import free_port, is_mounted, peak_rss_mib
+from fusefs.testing import free_port, is_mounted, mount_points
 
 SBIN = "/usr/sbin:/sbin"  # nginx lives here, and a non-root PATH often lacks it
 APT_TIMEOUT = 600.0
@@ -206,7 +205,7 @@ def _start_nginx(
                 start_new_session=True,
             )
         url = f"http://{listen}/"
-        if _wait(lambda: _http_ok(url), proc, START_TIMEOUT):
+        if _wait(functools.partial(_http_ok, url), proc, START_TIMEOUT):
             return proc, url
         stop_process(proc)
     raise PeerUnavailable(f"nginx did not start: {_tail(home / 'error.log')}")

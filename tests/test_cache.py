@@ -7,7 +7,6 @@ import errno
 import hashlib
 import os
 import signal
-import socket
 import threading
 import time
 import urllib.request

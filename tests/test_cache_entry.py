@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 
 import pytest
@@ -26,15 +27,15 @@ def test_layout_blocks_and_spans():
     lay = Layout(size=3 * BLOCK + 5, block_size=BLOCK)
     assert lay.blocks == 4
     assert lay.block_span(3) == (3 * BLOCK, 3 * BLOCK + 5)
-    assert lay.block_range(BLOCK - 1, BLOCK + 1) == range(0, 2)
+    assert lay.block_range(BLOCK - 1, BLOCK + 1) == range(2)
     assert lay.data_offset % 4096 == 0 and lay.data_offset >= 64 + 8 * 4
 
 
 def test_segments_split_runs_in_order():
     lay = Layout(size=5 * BLOCK, block_size=BLOCK)
-    parts = segments(lay, range(0, 5), [True, True, False, True, False])
+    parts = segments(lay, range(5), [True, True, False, True, False])
     assert [(p.blocks, p.on_disk) for p in parts] == [
-        (range(0, 2), True),
+        (range(2), True),
         (range(2, 3), False),
         (range(3, 4), True),
         (range(4, 5), False),
@@ -45,9 +46,9 @@ def test_segments_split_runs_in_order():
 def test_write_then_read_round_trip_only_present_blocks(tmp_path):
     data = os.urandom(3 * BLOCK + 100)
     e = entry_at(tmp_path, data)
-    assert e.created and e.present(range(0, 4)) == [False] * 4
+    assert e.created and e.present(range(4)) == [False] * 4
     e.write([data[BLOCK : 2 * BLOCK], data[2 * BLOCK : 3 * BLOCK]], range(1, 3))
-    assert e.present(range(0, 4)) == [False, True, True, False]
+    assert e.present(range(4)) == [False, True, True, False]
     assert e.read(BLOCK, 3 * BLOCK) == data[BLOCK : 3 * BLOCK]
     assert e.read(0, 2 * BLOCK) is None  # block 0 is not there
     e.write([data[3 * BLOCK :]], range(3, 4))
@@ -72,7 +73,7 @@ def test_damaged_block_is_never_served_and_is_forgotten(tmp_path):
     e = entry_at(tmp_path, data)
     assert e.read(0, 2 * BLOCK) == data[: 2 * BLOCK]
     assert e.read(0, 4 * BLOCK) is None
-    assert e.present(range(0, 4)) == [True, True, False, True]
+    assert e.present(range(4)) == [True, True, False, True]
     e.close()
 
 
@@ -81,23 +82,23 @@ def test_write_takes_pieces_that_straddle_blocks(tmp_path):
     e = entry_at(tmp_path, data)
     view = memoryview(data)
     cuts = [0, 1, BLOCK + 5, BLOCK + 6, 3 * BLOCK + 2, len(data)]  # as received: odd sizes
-    e.write([view[a:b] for a, b in zip(cuts, cuts[1:])], range(0, 4))
+    e.write([view[a:b] for a, b in itertools.pairwise(cuts)], range(4))
     e.close()
     fresh = entry_at(tmp_path, data)  # its CRCs are checked on this first read
     assert fresh.read(0, len(data)) == data
     with pytest.raises(ValueError):
-        fresh.write([view[:BLOCK]], range(0, 2))
+        fresh.write([view[:BLOCK]], range(2))
     fresh.close()
 
 
 def test_claims_exclude_other_open_files_all_or_nothing(tmp_path):
     data = bytes(8 * BLOCK)
     a, b = entry_at(tmp_path, data), entry_at(tmp_path, data)
-    assert a.claim(range(0, 4))
+    assert a.claim(range(4))
     assert not b.claim(range(3, 6))
     assert b.claim(range(4, 8))
-    a.release(range(0, 4))
-    assert b.claim(range(0, 4))
+    a.release(range(4))
+    assert b.claim(range(4))
     a.close()
     b.close()
 
@@ -106,7 +107,7 @@ def test_seal_checks_sha256(tmp_path):
     data = os.urandom(2 * BLOCK + 3)
     good = hashlib.sha256(data).hexdigest()
     e = entry_at(tmp_path, data, good, "good")
-    e.write([data[:BLOCK]], range(0, 1))
+    e.write([data[:BLOCK]], range(1))
     assert e.verify_and_seal() is None  # not all here yet
     fill(e, data)
     assert e.verify_and_seal() is True and e.complete()
@@ -117,7 +118,7 @@ def test_seal_checks_sha256(tmp_path):
     e = entry_at(tmp_path, data, wrong, "bad")
     fill(e, data)
     assert e.verify_and_seal() is False
-    assert not e.complete() and e.present(range(0, 3)) == [False] * 3
+    assert not e.complete() and e.present(range(3)) == [False] * 3
     e.close()
 
 
@@ -136,7 +137,7 @@ def test_entry_in_use_is_not_evicted_until_paused(tmp_path):
 def test_unusable_file_is_discarded_and_made_anew(tmp_path):
     (tmp_path / "e").write_bytes(b"not a cache entry at all" * 10)
     e = entry_at(tmp_path, bytes(BLOCK))
-    assert e.present(range(0, 1)) == [False]
+    assert e.present(range(1)) == [False]
     e.close()
     other_size = entry_at(tmp_path, bytes(3 * BLOCK))  # same key, other size: replaced
     assert other_size.layout.blocks == 3

@@ -9,8 +9,16 @@ import subprocess
 import sys
 
 import pytest
-from fusefs.testing import is_mounted, sample_bytes, run_cli, sha256_file, start_mount, write_file
-from fusefs.testing import start_server
+
+from fusefs.testing import (
+    is_mounted,
+    run_cli,
+    sample_bytes,
+    sha256_file,
+    start_mount,
+    start_server,
+    write_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,7 @@ def test_already_mounted_mountpoint(server, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,words",
+    ("args", "words"),
     [
         (["--region", "Bad Region"], "bad region name"),
         (["--inter-regions", "ok,NOT_OK"], "bad region name"),

@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from fusefs.config import ConfigError, merge
-from fusefs.cli.systemd import unit_text
-from fusefs.fs import systemd
 from fusefs.cli.fstab import HelperError, translate
+from fusefs.cli.systemd import unit_text
+from fusefs.config import ConfigError, merge
+from fusefs.fs import systemd
 
 
 def write(tmp_path, text):
@@ -46,7 +46,7 @@ def test_modelscope_region_variables_are_honoured():
 
 
 @pytest.mark.parametrize(
-    "text,words",
+    ("text", "words"),
     [
         ('hubb = "http://x:1"\n', "unknown key 'hubb'"),
         ('memory = "lots"\n', "memory"),

@@ -7,14 +7,13 @@ import random
 
 import pytest
 import trio
-from fusefs.testing import MiB, sample_bytes, write_file
 
-from fusefs.testing import start_server
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError
 from fusefs.data.reader import ReadLimits
 from fusefs.hub.client import HubClient, RepoId
+from fusefs.testing import MiB, sample_bytes, start_server, write_file
 
 REPO = RepoId("acme", "data")
 SIZE = 24 * MiB + 777
@@ -47,7 +46,7 @@ async def locate(hub_url: str, path: str, region: str | None = "local") -> str:
 
 
 def fast_limits(**kw) -> dict:
-    return dict(stream_limits=StreamLimits(backoff_initial=0.01, **kw))
+    return {"stream_limits": StreamLimits(backoff_initial=0.01, **kw)}
 
 
 async def read_all(reader, block=MiB) -> bytes:
@@ -100,7 +99,7 @@ async def test_broken_stream_reopens_once_per_break_and_stays_exact(server):
 
 
 @pytest.mark.parametrize(
-    "kind,params",
+    ("kind", "params"),
     [
         ("corrupt", {"count": 3}),
         ("unavailable", {"count": 3}),

@@ -58,7 +58,7 @@ UNKNOWN = (
 
 def _same(decoded: decode.Response, expected: pb.BidiReadObjectResponse) -> None:
     assert len(decoded.ranges) == len(expected.object_data_ranges)
-    for got, want in zip(decoded.ranges, expected.object_data_ranges):
+    for got, want in zip(decoded.ranges, expected.object_data_ranges, strict=False):
         assert bytes(got.content) == want.checksummed_data.content
         assert got.size == len(want.checksummed_data.content)
         want_crc = (
@@ -141,7 +141,7 @@ def test_decodes_what_the_generated_code_encodes(expected):
 
 
 @pytest.mark.parametrize(
-    "content,crc,offset,read_id,last",
+    ("content", "crc", "offset", "read_id", "last"),
     [
         (b"", 0, 0, 0, False),
         (b"x" * 300, 0xFFFFFFFF, 5, 1, True),

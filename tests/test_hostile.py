@@ -7,13 +7,13 @@ scripts; where a data path is needed it hands out this test's own CDN route.
 from __future__ import annotations
 
 import errno
-import json
 import os
 
 import pytest
-from support.doubles import COMMIT, CONTENT, HostileHub
 
 from fusefs.testing import is_mounted, mount_factory, run_cli
+
+from support.doubles import COMMIT, CONTENT, HostileHub
 
 
 @pytest.fixture
@@ -31,7 +31,8 @@ def mounted(hub, tmp_path):
         yield make
 
 
-def blob(path, size=len(CONTENT)):
+def blob(path, size=None):
+    size = len(CONTENT) if size is None else size
     return {"Path": path, "Name": path.rsplit("/", 1)[-1], "Size": size, "Type": "blob"}
 
 

@@ -1,4 +1,5 @@
-"""The mount, for real: `modelfs serve` and `modelfs mount` as processes, read through the kernel."""
+"""The mount, for real: `modelfs serve` and `modelfs mount` as processes, read through
+the kernel."""
 
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fusefs.fs.mount import mount_source
 from fusefs.testing import (
     MiB,
     is_mounted,
-    sample_bytes,
     run_cli,
+    sample_bytes,
     sha256_file,
     start_mount,
+    start_server,
     write_file,
 )
-
-from fusefs.testing import start_server
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,7 @@ def test_safetensors_load_by_read_and_by_mmap(mounted):
         by_read = load(dst.read_bytes())
         by_mmap = load_file(str(dst))  # safetensors maps the file
         with safe_open(str(dst), framework="numpy") as f:
-            lazily = {k: f.get_tensor(k) for k in f.keys()}
+            lazily = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
         for got in (by_read, by_mmap, lazily):
             assert got.keys() == want.keys()
             for k in want:
@@ -175,9 +177,7 @@ def test_safetensors_load_by_read_and_by_mmap(mounted):
 
 def test_kernel_sends_large_reads_many_in_flight(mounted):
     mp, _, _ = mounted
-    dev = next(
-        line.split()[2] for line in open("/proc/self/mountinfo") if line.split()[4] == str(mp)
-    )
+    dev, _ = mount_source(str(mp))
     assert int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text()) == 16 * 1024
     connection = Path("/sys/fs/fuse/connections") / dev.split(":")[1]
     assert int((connection / "max_background").read_text()) == 64
@@ -306,7 +306,7 @@ def test_stopping_while_readers_are_active_leaves_no_mount(store, tmp_path, how)
 def test_a_listing_cut_short_by_the_hub_is_walked_by_subtree(store, tmp_path):
     import httpx
 
-    root, server = store  # acme/wide has 3000 files in one directory plus the directory
+    _root, server = store  # acme/wide has 3000 files in one directory plus the directory
     listing = httpx.get(
         f"{server.hub}/api/v1/models/acme/wide/repo/files", params={"Recursive": "true"}
     ).json()["Data"]["Files"]

@@ -9,17 +9,17 @@ import threading
 import time
 
 import pytest
+
 from fusefs.testing import (
     MiB,
     is_mounted,
-    sample_bytes,
     run_cli,
+    sample_bytes,
     sha256_file,
     start_mount,
+    start_server,
     write_file,
 )
-
-from fusefs.testing import start_server
 
 SIZE = 32 * MiB + 5
 
@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "index,kind,params",
+    ("index", "kind", "params"),
     [
         (0, "break", {"after_bytes": 7 * MiB + 11}),
         (1, "corrupt", {"count": 2}),

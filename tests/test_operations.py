@@ -39,7 +39,6 @@ from fusefs.testing import (
     write_file,
 )
 
-
 LONG_FILES = 120  # with long paths: more than fits one xattr value if all were listed
 HELPER = Path("/sbin/mount.fuse.modelfs")
 VENV_HELPER = Path(sys.executable).parent / "mount.fuse.modelfs"
@@ -151,7 +150,7 @@ def test_status_marks_a_peer_served_file(regions, tmp_path):
 
         human = run_cli("status", str(m.path))
         assert human.returncode == 0, human.stderr
-        line = next(l for l in human.stdout.splitlines() if str(rel) in l)
+        line = next(ln for ln in human.stdout.splitlines() if str(rel) in ln)
         assert line.lstrip().startswith("⇄ ")
         assert "3.0 MiB read" in line and "[peer west]" in line
         assert re.search(r"^region\s+east\s+peers: west$", human.stdout, re.M)
@@ -186,7 +185,7 @@ def test_status_of_a_fresh_mount_and_of_a_plain_directory(regions, tmp_path):
 
 
 def test_status_with_many_open_files_fits_in_one_xattr(local_mount):
-    m, root, _ = local_mount
+    m, _root, _ = local_mount
     base = m.path / "acme" / "long"
     paths = sorted(p for p in base.rglob("*") if p.is_file())
     assert len(paths) == LONG_FILES
@@ -579,11 +578,12 @@ def test_systemd_unit_is_notify_type():
     assert result.returncode == 0, result.stderr
     unit = result.stdout
     assert "[Service]" in unit and "Type=notify" in unit.splitlines()
-    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     assert exec_start.endswith("mount /data/models --foreground --config /etc/modelfs/config.toml")
     assert os.access(exec_start.removeprefix("ExecStart=").split()[0], os.X_OK)
     assert any(
-        l.startswith("ExecStop=") and l.endswith("unmount /data/models") for l in unit.splitlines()
+        ln.startswith("ExecStop=") and ln.endswith("unmount /data/models")
+        for ln in unit.splitlines()
     )
 
 

@@ -14,7 +14,7 @@ def test_generated_code_matches_the_proto(tmp_path):
         cwd=REPO,
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
     )
-    for name in ("storage_pb2.py", "storage_pb2_grpc.py"):
+    for name in ("storage_pb2.py", "storage_pb2.pyi", "storage_pb2_grpc.py"):
         fresh = (tmp_path / "fusefs" / "proto" / name).read_text()
         committed = (REPO / "fusefs" / "proto" / name).read_text()
         assert fresh == committed, f"{name} is stale: run scripts/gen-proto"

@@ -2,11 +2,12 @@
 
 import pytest
 import trio
-from support.doubles import InstantSource
 
-from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.errors import ProtocolError, TransientError
+from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import Gap, RangeMap, RangeRead, SequentialTracker, aligned_pieces
+
+from support.doubles import InstantSource
 
 
 def immediate(fn):
@@ -23,7 +24,7 @@ def test_feed_in_order_and_view_across_chunks():
     assert b"".join(rr.view(100, 110)) == b"abcdefghij"
 
 
-@pytest.mark.parametrize("offset,data", [(101, b"x"), (99, b"x"), (100, b"x" * 11)])
+@pytest.mark.parametrize(("offset", "data"), [(101, b"x"), (99, b"x"), (100, b"x" * 11)])
 def test_feed_rejects_unexpected_offsets_and_overruns(offset, data):
     rr = RangeRead(100, 10, immediate)
     with pytest.raises(ProtocolError):

@@ -6,9 +6,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fusefs.testing import MiB, sample_bytes, mount_factory, sha256_file, start_mount, write_file
-from fusefs.testing import start_regions
 
+from fusefs.testing import (
+    MiB,
+    mount_factory,
+    sample_bytes,
+    sha256_file,
+    start_mount,
+    start_regions,
+    write_file,
+)
 
 REGIONS = {
     "home": ["local/*"],
@@ -75,7 +82,7 @@ def test_local_region_wins_when_it_holds_the_repo(world, mount):
 
 
 def test_opening_a_200_file_repo_from_8_threads_costs_n_plus_p_probes(world, mount):
-    root, server = world
+    _root, server = world
     peers = ("peer-b", "peer-c", "peer-d")  # only peer-c and peer-d hold wide/*
     m = mount("--inter-regions", ",".join(peers))
     files = sorted((m.path / "wide" / "shards").iterdir())
@@ -147,9 +154,8 @@ def test_gone_twice_is_an_error_not_a_loop(world, mount):
     m = mount()
     path = m.path / "public" / "only" / "w.bin"
     server.add_fault("cdn_forbidden", count=10)
-    with pytest.raises(OSError):
-        with open(path, "rb") as f:
-            f.read()
+    with pytest.raises(OSError), open(path, "rb") as f:
+        f.read()
     server.clear_faults()
     log = m.log_text()
     assert log.count("failed (") == 1  # resolved again exactly once, then EIO

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from support.doubles import CDN, ScriptedHub
-
 from fusefs.hub.client import Answer, HubError, RepoId
-from fusefs.hub.resolve import Resolver, ResolveError
+from fusefs.hub.resolve import ResolveError, Resolver
+
+from support.doubles import CDN, ScriptedHub
 
 REPO = RepoId("acme", "llm")
 

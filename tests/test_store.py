@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import crc32c
@@ -15,11 +13,11 @@ import grpc
 import httpx
 import pytest
 from google.rpc import status_pb2
-from fusefs.testing import MiB, run_cli, sample_bytes, start_regions, start_server, write_file
 
 from fusefs.data.location import parse_grpc_url
 from fusefs.proto import storage_pb2 as pb
 from fusefs.proto import storage_pb2_grpc
+from fusefs.testing import MiB, run_cli, sample_bytes, start_regions, start_server, write_file
 
 BIG = 256 * MiB
 
@@ -135,7 +133,7 @@ def test_repo_info_listing_and_revisions(fresh):
 
 
 def test_commit_changes_with_content_and_old_revisions_are_refused(fresh, tmp_path):
-    root, server, http = fresh
+    root, _server, http = fresh
     path = root / "other" / "x" / "c.bin"
     old = commit_of(http, "other/x")
     original = path.read_bytes()
@@ -211,7 +209,7 @@ def test_client_region_endpoint(fresh):
 
 
 def test_first_response_has_metadata_and_handle_without_ranges(fresh):
-    root, server, _ = fresh
+    _root, server, _ = fresh
     first, data, _ = read_all(server, [pb.BidiReadObjectRequest(read_object_spec=spec())])
     assert first.metadata.size == 5 * MiB + 321
     assert first.metadata.name == "acme/m/a.bin"
@@ -309,7 +307,7 @@ def test_out_of_range_names_the_read_id(fresh, bad):
 
 
 @pytest.mark.parametrize(
-    "request_spec,code",
+    ("request_spec", "code"),
     [
         (spec("acme/m/nope.bin"), grpc.StatusCode.NOT_FOUND),
         (spec(bucket="west"), grpc.StatusCode.NOT_FOUND),  # west does not hold acme/*
@@ -437,12 +435,12 @@ def test_sigterm_exits_cleanly_with_an_open_stream(tmp_path):
                 read_object_spec=pb.BidiReadObjectSpec(
                     bucket="projects/_/buckets/local", object="a/b/f"
                 )
-            )
+            ),
+            None,
         ]
-        + [None]
     )
     call = storage_pb2_grpc.StorageStub(channel).BidiReadObject(
-        (m for m in queue_open if m is not None)
+        m for m in queue_open if m is not None
     )
     next(call)  # the stream is open
     start = time.monotonic()
@@ -453,7 +451,7 @@ def test_sigterm_exits_cleanly_with_an_open_stream(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,words",
+    ("args", "words"),
     [
         (["/nonexistent-root"], "does not exist"),
         (["{root}", "--http", "nohost"], "--http"),

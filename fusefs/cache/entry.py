@@ -229,7 +229,7 @@ class Entry:
                 raise OSError(errno.ENOSPC, "short write to the cache")
             pos += want
         table = bytearray()
-        for index, crc in zip(blocks, _block_crcs(pieces, lay, blocks)):
+        for index, crc in zip(blocks, _block_crcs(pieces, lay, blocks), strict=True):
             table += ENTRY.pack(crc, PRESENT)
             self._verified[index] = 1
         os.pwrite(self.fd, table, HEADER.size + ENTRY.size * blocks.start)

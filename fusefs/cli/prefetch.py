@@ -7,6 +7,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -16,8 +17,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-
-import click
 
 from fusefs.cli.status import human_bytes
 from fusefs.hub.resolve import MARKERS

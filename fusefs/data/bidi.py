@@ -28,6 +28,7 @@ from urllib.parse import quote
 import grpc
 from google.rpc import status_pb2
 
+from fusefs.data.decode import decode_response
 from fusefs.data.errors import (
     ChecksumError,
     DataError,
@@ -36,7 +37,6 @@ from fusefs.data.errors import (
     RangeError,
     TransientError,
 )
-from fusefs.data.decode import decode_response
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
 from fusefs.proto import storage_pb2 as pb

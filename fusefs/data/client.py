@@ -17,9 +17,9 @@ import httpx
 import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
-from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.http import HttpRangeSource
 from fusefs.data.location import location_kind, parse_grpc_url
+from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import trio_waker
 from fusefs.data.reader import FileReader, RangeSource, ReadLimits
 

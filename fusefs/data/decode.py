@@ -43,14 +43,14 @@ class RangeData:
     """One `ObjectRangeData`: a chunk of one range, still inside its response."""
 
     __slots__ = (
-        "read_offset",
-        "read_length",
-        "read_id",
-        "range_end",
-        "crc32c",
         "_message",
         "_start",
         "_stop",
+        "crc32c",
+        "range_end",
+        "read_id",
+        "read_length",
+        "read_offset",
     )
 
     def __init__(self, message: bytes):
@@ -79,7 +79,7 @@ class RangeData:
 class Response:
     """A decoded `BidiReadObjectResponse`."""
 
-    __slots__ = ("ranges", "metadata", "read_handle")
+    __slots__ = ("metadata", "ranges", "read_handle")
 
     def __init__(self) -> None:
         self.ranges: list[RangeData] = []
@@ -223,7 +223,7 @@ def _skip(message: bytes, pos: int, end: int, field: int, wire: int, depth: int 
         return _varint(message, pos, end)[1]
     if wire == _LEN:
         return _length(message, pos, end, wire, field)[1]
-    if wire == _I64 or wire == _I32:
+    if wire in (_I64, _I32):
         pos += 8 if wire == _I64 else 4
         if pos > end:
             raise ProtocolError(f"field {field}: truncated fixed-width value")

@@ -40,15 +40,15 @@ class RangeRead:
     """
 
     __slots__ = (
-        "offset",
-        "length",
         "_chunks",
-        "_starts",
-        "_received",
         "_error",
-        "_waiters",
         "_lock",
+        "_received",
+        "_starts",
+        "_waiters",
         "_wake",
+        "length",
+        "offset",
         "pins",
     )
 

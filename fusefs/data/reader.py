@@ -15,8 +15,8 @@ from typing import Protocol
 
 import trio
 
-from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.errors import DataError, DeadlineError
+from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import RangeMap, RangeRead, SequentialTracker, aligned_pieces
 
 log = logging.getLogger(__name__)

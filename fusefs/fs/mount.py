@@ -79,22 +79,27 @@ def check_mountpoint(path: str) -> str:
     return path
 
 
-def mount_source(path: str) -> tuple[str, str] | None:
-    """(device major:minor, fs type) of the mount at exactly `path`, or None.
+def mount_table() -> dict[str, tuple[str, str]]:
+    """{mount point: (device major:minor, fs type)} for this mount namespace.
 
     Unlike os.path.ismount, this sees a FUSE mount whose process died (ENOTCONN)."""
+    table = {}
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
                 # mountinfo escapes space, tab, newline and backslash as \ooo; the rest is raw
                 mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
-                if mnt == path:
-                    sep = fields.index("-")
-                    return fields[2], fields[sep + 1]
+                sep = fields.index("-")
+                table[mnt] = (fields[2], fields[sep + 1])
     except OSError:
         pass
-    return None
+    return table
+
+
+def mount_source(path: str) -> tuple[str, str] | None:
+    """(device major:minor, fs type) of the mount at exactly `path`, or None."""
+    return mount_table().get(path)
 
 
 def raise_kernel_limits(path: str, read_ahead_kb: int, max_background: int) -> None:

@@ -135,7 +135,7 @@ def _range_error(read_id: int, message: str) -> _Abort:
     return _Abort(grpc.StatusCode.OUT_OF_RANGE, message, [err])
 
 
-def method_handlers(service: "BidiReadService") -> grpc.GenericRpcHandler:
+def method_handlers(service: BidiReadService) -> grpc.GenericRpcHandler:
     """Register the service; responses leave it already serialized (see wire.py)."""
     return grpc.method_handlers_generic_handler(
         "google.storage.v2.Storage",
