@@ -1,8 +1,9 @@
 """Mount settings: one table of every setting, merged flag > env > config file > default.
 
-Each setting is declared once here; the `mount` command's options, the config
-file's keys, the environment variables and `modelfs config show` all come from
-this table, so they cannot drift apart.
+Each setting is declared once, as a field of `Settings`; the `mount` command's
+options, the config file's keys, the environment variables, the fstab options and
+`modelfs config show` all come from it, so they cannot drift apart, and code that
+reads a setting gets it typed.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from fusefs.cache.store import DEFAULT_CACHE_SIZE, DEFAULT_MIN_FREE
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET
@@ -45,8 +47,8 @@ def _region(value: object) -> str:
     return text
 
 
-def _list(item: Callable[[object], object]) -> Callable[[object], tuple]:
-    def parse(value: object) -> tuple:
+def _list(item: Callable[[object], str]) -> Callable[[object], tuple[str, ...]]:
+    def parse(value: object) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
@@ -123,6 +125,8 @@ def _repo(value: object) -> str:
 
 @dataclass(frozen=True)
 class Setting:
+    """How one setting is given: its key, parser, environment variables and help."""
+
     key: str  # config-file key; the flag is --key with '_' as '-'
     parse: Callable[[object], object]
     default: object
@@ -137,10 +141,34 @@ class Setting:
         return self.flag_name or "--" + self.key.replace("_", "-")
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("hub", _url, None, ("MODELFS_HUB",), "Hub API base URL.", "URL"),
-    Setting(
-        "repos",
+def _setting(
+    parse: Callable[[object], Any],
+    default: Any,
+    envvars: tuple[str, ...],
+    help: str,
+    metavar: str = "",
+    *,
+    flag_name: str = "",
+    repeatable: bool = False,
+) -> Any:
+    """A field of `Settings`, carrying how it is given (the key is the field's name)."""
+    spec = {
+        "parse": parse,
+        "envvars": envvars,
+        "help": help,
+        "metavar": metavar,
+        "flag_name": flag_name,
+        "repeatable": repeatable,
+    }
+    return field(default=default, metadata={"setting": spec})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every mount setting, typed; see `SETTINGS` for how each is given."""
+
+    hub: str | None = _setting(_url, None, ("MODELFS_HUB",), "Hub API base URL.", "URL")
+    repos: tuple[str, ...] = _setting(
         _list(_repo),
         (),
         ("MODELFS_REPOS",),
@@ -148,114 +176,110 @@ SETTINGS: tuple[Setting, ...] = (
         "OWNER/NAME[@REV]",
         flag_name="--repo",
         repeatable=True,
-    ),
-    Setting(
-        "region",
+    )
+    region: str | None = _setting(
         _region,
         None,
         ("MODELFS_REGION", "MODELSCOPE_DOWNLOAD_INTRA_CLOUD_REGION"),
         "This machine's region; asked of the hub when unset.",
         "NAME",
-    ),
-    Setting(
-        "inter_regions",
+    )
+    inter_regions: tuple[str, ...] = _setting(
         _list(_region),
         (),
         ("MODELFS_INTER_REGIONS", "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS"),
         "Peer regions reachable over private links, in order of preference.",
         "A,B",
-    ),
-    Setting(
-        "token_file",
+    )
+    token_file: str | None = _setting(
         _path,
         None,
         ("MODELFS_TOKEN_FILE",),
         "File holding the hub token (MODELSCOPE_API_TOKEN is read too).",
         "PATH",
-    ),
-    Setting(
-        "memory",
+    )
+    memory: int = _setting(
         _size,
         DEFAULT_MEMORY_BUDGET,
         ("MODELFS_MEMORY",),
         "Budget for buffered and prefetched bytes, all files together.",
         "SIZE",
-    ),
-    Setting(
-        "cache_dir",
+    )
+    cache_dir: str | None = _setting(
         _path,
         None,
         ("MODELFS_CACHE_DIR",),
         "Keep fetched blocks on local disk here, across mounts and restarts (off when unset).",
         "DIR",
-    ),
-    Setting(
-        "cache_size",
+    )
+    cache_size: int = _setting(
         _size,
         DEFAULT_CACHE_SIZE,
         ("MODELFS_CACHE_SIZE",),
         "Most disk the cache may take; least recently used files go first.",
         "SIZE",
-    ),
-    Setting(
-        "cache_min_free",
+    )
+    cache_min_free: int = _setting(
         _size,
         DEFAULT_MIN_FREE,
         ("MODELFS_CACHE_MIN_FREE",),
         "Free space the cache always leaves on its filesystem.",
         "SIZE",
-    ),
-    Setting(
-        "read_timeout",
+    )
+    read_timeout: float = _setting(
         _seconds,
         30.0,
         ("MODELFS_READ_TIMEOUT",),
         "A read not served within this many seconds fails with EIO.",
         "SECONDS",
-    ),
-    Setting(
-        "metrics",
+    )
+    metrics: str | None = _setting(
         _host_port,
         None,
         ("MODELFS_METRICS",),
         "Serve Prometheus metrics on this address (loopback advised).",
         "HOST:PORT",
-    ),
-    Setting(
-        "log_format",
+    )
+    log_format: str = _setting(
         _choice("text", "json"),
         "text",
         ("MODELFS_LOG_FORMAT",),
         "Log lines as text or JSON.",
         "text|json",
-    ),
-    Setting(
-        "log_level",
+    )
+    log_level: str = _setting(
         _choice("debug", "info", "warning", "error"),
         "info",
         ("MODELFS_LOG_LEVEL",),
         "Least severe level logged.",
         "LEVEL",
-    ),
-    Setting(
-        "allow_other",
+    )
+    allow_other: bool = _setting(
         _bool,
         False,
         ("MODELFS_ALLOW_OTHER",),
         "Let users other than the mounting one read the mount.",
         "BOOL",
-    ),
+    )
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Value]) -> Settings:
+        return cls(**{key: v.value for key, v in values.items()})
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, default=f.default, **f.metadata["setting"]) for f in fields(Settings)
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
 class Value:
-    value: object
+    value: Any  # of the type of the `Settings` field with the same key
     origin: str  # "flag", "env NAME", "file PATH", "default"
 
 
-def load_file(path: str | None, environ) -> tuple[dict, str | None]:
+def load_file(path: str | None, environ: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
     """The config file's table and its path; {} when no file applies."""
     explicit = path is not None or bool(environ.get("MODELFS_CONFIG"))
     path = path or environ.get("MODELFS_CONFIG") or DEFAULT_CONFIG
@@ -275,19 +299,21 @@ def load_file(path: str | None, environ) -> tuple[dict, str | None]:
 
 
 def merge(
-    flags: dict[str, object], config_path: str | None, environ: dict[str, str] | None = None
+    flags: Mapping[str, object],
+    config_path: str | None,
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, Value]:
     """Every setting's effective value and where it came from."""
-    environ = os.environ if environ is None else environ
-    table, path = load_file(config_path, environ)
+    env_now: Mapping[str, str] = os.environ if environ is None else environ
+    table, path = load_file(config_path, env_now)
     out: dict[str, Value] = {}
     for s in SETTINGS:
         raw, origin = s.default, "default"
-        env = next((e for e in s.envvars if environ.get(e)), None)
+        env = next((e for e in s.envvars if env_now.get(e)), None)
         if flags.get(s.key) not in (None, ()):
             raw, origin = flags[s.key], "flag"
         elif env is not None:
-            raw, origin = environ[env], f"env {env}"
+            raw, origin = env_now[env], f"env {env}"
         elif s.key in table:
             raw, origin = table[s.key], f"file {path}"
         if origin == "default":

@@ -157,7 +157,7 @@ class Entry:
     # -- the table -------------------------------------------------------------
 
     def complete(self) -> bool:
-        return _read_header(self.fd)[4] == 1
+        return bool(_read_header(self.fd)[4] == 1)
 
     def present(self, blocks: range) -> list[bool]:
         if not blocks:
@@ -298,7 +298,7 @@ def _block_crcs(
                 left = next(lengths, 0)
 
 
-def _read_header(fd: int) -> tuple:
+def _read_header(fd: int) -> tuple[bytes, int, int, int, int, bytes]:
     raw = os.pread(fd, HEADER.size, 0)
     if len(raw) != HEADER.size:
         raise EntryError("short header")
@@ -342,7 +342,7 @@ def is_sealed(path: str, layout: Layout, sha256: str | None) -> bool:
         return False
     try:
         _check_header(fd, layout, sha256)
-        return _read_header(fd)[4] == 1
+        return bool(_read_header(fd)[4] == 1)
     except (OSError, EntryError):
         return False
     finally:

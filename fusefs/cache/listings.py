@@ -17,7 +17,7 @@ from fusefs.hub.client import RepoSpec, Snapshot
 from fusefs.hub.listing import parse_files
 
 
-def _path(directory: str | os.PathLike, spec: RepoSpec) -> Path:
+def _path(directory: str | os.PathLike[str], spec: RepoSpec) -> Path:
     # Revisions may hold '/' (branch names): keep the file name one component.
     revision = spec.revision.replace("/", "%2F")
     return (
@@ -25,7 +25,7 @@ def _path(directory: str | os.PathLike, spec: RepoSpec) -> Path:
     )
 
 
-def save_listing(directory: str | os.PathLike, snap: Snapshot) -> None:
+def save_listing(directory: str | os.PathLike[str], snap: Snapshot) -> None:
     path = _path(directory, RepoSpec(snap.repo, snap.revision))
     path.parent.mkdir(parents=True, exist_ok=True)
     # The hub's own shape, so loading checks it exactly as a fresh listing is checked.
@@ -41,7 +41,7 @@ def save_listing(directory: str | os.PathLike, snap: Snapshot) -> None:
     os.replace(tmp, path)  # readers see the old listing or the new one, never half of one
 
 
-def load_listing(directory: str | os.PathLike, spec: RepoSpec) -> Snapshot | None:
+def load_listing(directory: str | os.PathLike[str], spec: RepoSpec) -> Snapshot | None:
     """The saved listing for this repo and revision, or None when there is none usable."""
     try:
         body = json.loads(_path(directory, spec).read_text())

@@ -30,9 +30,11 @@ from fusefs.cache.entry import Entry, EntryError, Layout, is_sealed
 from fusefs.cache.store import DiskCache, cache_key
 from fusefs.data.errors import DataError, DeadlineError, GoneError
 from fusefs.data.ranges import RangeRead, trio_waker
-from fusefs.data.reader import RangeSource
+from fusefs.data.source import RangeSource, SourceCounters
 
 log = logging.getLogger(__name__)
+
+_NO_NETWORK = SourceCounters()  # what a disk-only source reports (never bumped)
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,9 @@ class CachedSource:
         return self._entry.path
 
     @property
-    def counters(self):
-        """The network transport's stream counters, for status (None without one)."""
-        return getattr(self.network, "counters", None)
-
-    @property
-    def retries(self) -> int:
-        return getattr(self.network, "retries", 0)
+    def counters(self) -> SourceCounters:
+        """The network transport's counters (all zero for a file read from disk alone)."""
+        return self.network.counters if self.network is not None else _NO_NETWORK
 
     @property
     def progress(self) -> int:
@@ -107,6 +105,7 @@ class CachedSource:
 
     def abandon(self, rr: RangeRead) -> None:
         for sub in self._subs.pop(rr, ()):
+            assert self.network is not None  # subranges exist only when there is a network
             self.network.abandon(sub)
             if sub is not rr:
                 sub.fail(DeadlineError("abandoned"))
@@ -187,7 +186,7 @@ class CachedSource:
         blocks = layout.block_range(rr.offset, rr.end)
         if layout.span(blocks) != (rr.offset, rr.end):
             raise DataError(f"cache: range {rr!r} is not whole blocks")
-        waiting_since = None
+        waiting_since: float | None = None
         pause = 0.002
         while not rr.settled:
             present = entry.present(blocks)
@@ -200,16 +199,13 @@ class CachedSource:
             missing = [s.blocks for s in segments(layout, blocks, present) if not s.on_disk]
             now = trio.current_time()
             claimed = _claim_all(entry, missing)
-            stuck = (
-                not claimed
-                and waiting_since is not None
-                and now - waiting_since > self._cache.limits.claim_wait
-            )
+            waited = now - waiting_since if waiting_since is not None else 0.0
+            stuck = not claimed and waited > self._cache.limits.claim_wait
             if stuck:
                 log.warning(
                     "cache %s: blocks claimed for %.0fs by another process; fetching them",
                     self._key,
-                    now - waiting_since,
+                    waited,
                 )
             if claimed or stuck:
                 try:
@@ -246,11 +242,13 @@ class CachedSource:
             await self._seal_if_whole(entry, now=True)
         return True
 
-    async def _fetch(self, entry: Entry, rr: RangeRead, blocks: range, present: list[bool]):
+    async def _fetch(self, entry: Entry, rr: RangeRead, blocks: range, present: list[bool]) -> None:
+        network = self.network
+        assert network is not None  # only called when blocks can be fetched
         parts = segments(entry.layout, blocks, present)
         if len(parts) == 1:  # all missing: the reader's range goes to the network as it is
             self._subs[rr] = [rr]
-            self.network.submit([rr])
+            network.submit([rr])
             await rr.wait_until(rr.end)
             await self._store(entry, rr, blocks)
             return
@@ -258,7 +256,7 @@ class CachedSource:
             p.start: RangeRead(p.start, p.end - p.start, self._wake) for p in parts if not p.on_disk
         }
         self._subs[rr] = list(subs.values())
-        self.network.submit(list(subs.values()))
+        network.submit(list(subs.values()))
         fetched = []
         for part in parts:
             if part.on_disk and await self._from_disk(entry, rr, part.start, part.end):
@@ -267,7 +265,7 @@ class CachedSource:
             if sub is None:  # was on disk a moment ago, damaged now: fetch it as well
                 sub = RangeRead(part.start, part.end - part.start, self._wake)
                 self._subs[rr].append(sub)
-                self.network.submit([sub])
+                network.submit([sub])
             await _forward(sub, rr)
             fetched.append((sub, part.blocks))
         for sub, run in fetched:  # the reader has all its bytes before any disk write
@@ -334,7 +332,7 @@ class CachedSource:
 
 def _claim_all(entry: Entry, runs: list[range]) -> bool:
     """Claim every run or none: never hold some while waiting for others."""
-    taken = []
+    taken: list[range] = []
     for run in runs:
         if not entry.claim(run):
             for got in taken:

@@ -80,7 +80,7 @@ def cache_key(sha256: str | None, repo: str, commit: str, path: str) -> str:
 class DiskCache:
     """One cache directory. Blocking methods are meant for worker threads."""
 
-    def __init__(self, directory: str | os.PathLike, limits: CacheLimits):
+    def __init__(self, directory: str | os.PathLike[str], limits: CacheLimits):
         self.limits = limits
         self.root = Path(directory) / "v1"
         self.entries = self.root / "entries"
@@ -174,15 +174,15 @@ class DiskCache:
             found.append((st.st_mtime, str(path), st.st_blocks * 512))
         used = sum(size for _, _, size in found)
         found.sort()
-        for _, path, _size in found:
+        for _, victim, _size in found:
             if self._fits(used, nbytes):
                 break
-            freed = try_evict(path)
+            freed = try_evict(victim)
             if freed is None:
                 continue  # open in some process: never evicted under a reader
             used -= freed
             self.stats.add(evictions=1, evicted_bytes=freed)
-            log.info("cache: evicted %s (%d KiB)", os.path.basename(path), freed // KiB)
+            log.info("cache: evicted %s (%d KiB)", os.path.basename(victim), freed // KiB)
         return used
 
     def _remove_stale_temps(self) -> None:

@@ -36,7 +36,7 @@ def effective_settings(config: str | None, flags: dict[str, Any]) -> dict[str, V
 
 
 @click.group()
-def config():
+def config() -> None:
     """Inspect settings.
 
     \b
@@ -47,7 +47,7 @@ def config():
 
 @config.command("show")
 @setting_options
-def config_show(config, **flags):
+def config_show(config: str | None, **flags: Any) -> None:
     """Print the effective mount settings and where each came from.
 
     \b

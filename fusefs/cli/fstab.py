@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(modelfs, os.X_OK):
         os.execv(sys.executable, [sys.executable, "-m", "fusefs", *args])
     os.execv(modelfs, [modelfs, *args])
-    return 0
 
 
 if __name__ == "__main__":

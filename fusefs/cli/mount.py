@@ -7,13 +7,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import click
 
 from fusefs import logs
 from fusefs.cache.store import CacheLimits
 from fusefs.cli.config import effective_settings, setting_options
-from fusefs.config import Value
+from fusefs.config import Settings
 from fusefs.data.reader import ReadLimits
 from fusefs.fs.mount import MountError, MountSettings, mount_source, run_mount
 from fusefs.hub.client import RepoSpec
@@ -22,8 +23,7 @@ READY_FD_ENV = "MODELFS_READY_FD"
 START_TIMEOUT = 120.0
 
 
-def read_token(values: dict[str, Value]) -> str | None:
-    path = values["token_file"].value
+def read_token(path: str | None) -> str | None:
     if path:
         try:
             with open(path) as f:
@@ -38,7 +38,9 @@ def read_token(values: dict[str, Value]) -> str | None:
 @setting_options
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached and log to stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Where a background mount logs.")
-def mount(mountpoint, config, foreground, log_file, **flags):
+def mount(
+    mountpoint: str, config: str | None, foreground: bool, log_file: str | None, **flags: Any
+) -> None:
     """Mount hub repos read-only at MOUNTPOINT as MOUNTPOINT/<owner>/<name>/<file>.
 
     Settings come from flags, then environment variables, then the config file,
@@ -50,31 +52,29 @@ def mount(mountpoint, config, foreground, log_file, **flags):
       modelfs mount /models --hub http://hub:8080 --repo acme/llm@v1.0 --region cn-hangzhou \\
           --inter-regions cn-beijing,cn-shanghai --foreground
     """
-    values = effective_settings(config, flags)
-    if values["hub"].value is None:
+    given = Settings.from_values(effective_settings(config, flags))
+    if given.hub is None:
         raise click.ClickException(
             'no hub: give --hub URL, MODELFS_HUB, or hub = "URL" in the config file'
         )
-    token = read_token(values)
+    token = read_token(given.token_file)
     settings = MountSettings(
         mountpoint=mountpoint,
-        hub=values["hub"].value,
-        repos=tuple(RepoSpec.parse(r) for r in values["repos"].value),
-        region=values["region"].value,
-        peers=values["inter_regions"].value,
+        hub=given.hub,
+        repos=tuple(RepoSpec.parse(r) for r in given.repos),
+        region=given.region,
+        peers=given.inter_regions,
         token=token,
-        memory_budget=values["memory"].value,
-        read_limits=ReadLimits(deadline=values["read_timeout"].value),
-        allow_other=values["allow_other"].value,
-        metrics=values["metrics"].value,
-        cache_dir=values["cache_dir"].value,
-        cache_limits=CacheLimits(
-            size=values["cache_size"].value, min_free=values["cache_min_free"].value
-        ),
+        memory_budget=given.memory,
+        read_limits=ReadLimits(deadline=given.read_timeout),
+        allow_other=given.allow_other,
+        metrics=given.metrics,
+        cache_dir=given.cache_dir,
+        cache_limits=CacheLimits(size=given.cache_size, min_free=given.cache_min_free),
     )
     if not foreground:
         sys.exit(_start_in_background(mountpoint, log_file))
-    logs.setup(values["log_level"].value, values["log_format"].value, secrets=(token or "",))
+    logs.setup(given.log_level, given.log_format, secrets=(token or "",))
     ready_fd = os.environ.pop(READY_FD_ENV, None)  # set when a background start waits on us
     try:
         run_mount(settings, on_ready=lambda: _tell_starter(ready_fd, "ok"))
@@ -134,7 +134,7 @@ def _start_in_background(mountpoint: str, log_file: str | None) -> int:
     show_default=True,
     help="Detach even while files are open (readers then get errors).",
 )
-def unmount(mountpoint, lazy):
+def unmount(mountpoint: str, lazy: bool) -> None:
     """Unmount a modelfs mount.
 
     \b

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ class Outcome:
 
 def expand(paths: list[str]) -> list[str]:
     """Files named, and every file below the directories named, in a stable order."""
-    files = []
+    files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
             for base, dirs, names in os.walk(p):
@@ -52,7 +53,7 @@ def marker(path: str) -> str:
     return MARKERS.get(source, " ")
 
 
-def warm(path: str, on_progress) -> Outcome:
+def warm(path: str, on_progress: Callable[[int, str | None], None]) -> Outcome:
     out = Outcome(path)
     try:
         with open(path, "rb", buffering=0) as f:
@@ -102,7 +103,7 @@ def warm_all(paths: list[str], jobs: int, console: Console | None = None) -> lis
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--jobs", "-j", default=4, show_default=True, help="Files read at once.")
-def prefetch(paths, jobs):
+def prefetch(paths: tuple[str, ...], jobs: int) -> None:
     """Warm files, or whole repos, into the page cache through the mount.
 
     One progress bar per file (⚡ local, ⇄ peer, blank CDN); quiet when not a terminal.

@@ -13,7 +13,7 @@ from fusefs.fs.status import STATUS_XATTR
 @click.command()
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(mountpoint, as_json):
+def status(mountpoint: str, as_json: bool) -> None:
     """Show a running mount: settings, open files and where each came from.
 
     Markers: ⚡ local region, ⇄ peer region, ● whole in the disk cache, blank: public CDN.
@@ -71,7 +71,8 @@ def status(mountpoint, as_json):
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+    return f"{n:.1f} TiB"

@@ -49,7 +49,7 @@ def unit_text(
 @click.option(
     "--install", is_flag=True, help="Write it to /etc/systemd/system instead of printing."
 )
-def systemd_unit(template, mountpoint, config_path, install):
+def systemd_unit(template: bool, mountpoint: str, config_path: str, install: bool) -> None:
     """Print (or install) the systemd unit for a modelfs mount.
 
     \b

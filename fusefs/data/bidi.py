@@ -22,7 +22,8 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote
 
 import grpc
@@ -39,6 +40,7 @@ from fusefs.data.errors import (
 )
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
+from fusefs.data.source import SourceCounters
 from fusefs.proto import storage_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -65,20 +67,22 @@ class StreamLimits:
     idle_timeout: float = 60.0  # close a stream nobody has used for this long
 
 
-@dataclass
-class StreamCounters:
-    opens: int = 0
-    reopens: int = 0
-    redirects: int = 0
-    bad_chunks: int = 0
-    bytes: int = 0
+class _Call(Protocol):
+    """A started BidiReadObject call: the responses (as received bytes) and cancel."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def cancel(self) -> bool: ...
+
+
+_Requests = queue.SimpleQueue["pb.BidiReadObjectRequest | None"]
 
 
 @dataclass
 class _Generation:
     number: int
-    call: grpc.RpcContext | None = None
-    requests: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    call: _Call
+    requests: _Requests
     cancelled: bool = False  # by us: closing, idling, or superseded
 
 
@@ -111,13 +115,15 @@ class BidiStream:
         self.target = target
         self.size = size
         self.limits = limits
-        self.counters = StreamCounters()
+        self.counters = SourceCounters()
         # Responses stay bytes (no deserializer): `decode_response` reads them in place.
-        self._rpc = channel.stream_stream(
-            _METHOD,
-            request_serializer=pb.BidiReadObjectRequest.SerializeToString,
-            response_deserializer=None,
-            _registered_method=True,
+        self._rpc: grpc.StreamStreamMultiCallable[pb.BidiReadObjectRequest, bytes] = (
+            channel.stream_stream(  # type: ignore[call-arg]  # (the stubs lack this keyword)
+                _METHOD,
+                request_serializer=pb.BidiReadObjectRequest.SerializeToString,
+                response_deserializer=None,
+                _registered_method=True,
+            )
         )
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -183,7 +189,7 @@ class BidiStream:
 
     def _start_locked(self) -> None:
         self._generation += 1
-        gen = _Generation(self._generation)
+        requests: _Requests = queue.SimpleQueue()
         spec = pb.BidiReadObjectSpec(
             bucket=self.target.bucket_path,
             object=self.target.object,
@@ -195,16 +201,17 @@ class BidiStream:
             spec.routing_token = self._routing_token
         items = list(self._pending.items())
         first, rest = items[:MAX_RANGES_PER_MESSAGE], items[MAX_RANGES_PER_MESSAGE:]
-        gen.requests.put(
+        requests.put(
             pb.BidiReadObjectRequest(
                 read_object_spec=spec, read_ranges=[_range_message(i, rr) for i, rr in first]
             )
         )
-        self._send_locked(gen, rest)
         params = "bucket=" + quote(self.target.bucket_path, safe="")
         if self._routing_token:
             params += "&routing_token=" + quote(self._routing_token, safe="")
-        gen.call = self._rpc(_drain(gen.requests), metadata=[("x-goog-request-params", params)])
+        call = self._rpc(_drain(requests), metadata=(("x-goog-request-params", params),))
+        gen = _Generation(self._generation, call, requests)
+        self._send_locked(gen, rest)
         self._active = gen
         self.counters.opens += 1
         threading.Thread(
@@ -372,7 +379,7 @@ def _range_message(read_id: int, rr: RangeRead) -> pb.ReadRange:
     return pb.ReadRange(read_offset=rr.next_offset, read_length=rr.remaining, read_id=read_id)
 
 
-def _drain(requests: queue.SimpleQueue) -> Iterator[pb.BidiReadObjectRequest]:
+def _drain(requests: _Requests) -> Iterator[pb.BidiReadObjectRequest]:
     while (message := requests.get()) is not None:
         yield message
 
@@ -411,11 +418,11 @@ def _classify(e: grpc.RpcError) -> _Break:
 
 
 def _status_details(e: grpc.RpcError) -> status_pb2.Status | None:
-    for key, value in e.trailing_metadata() or ():
-        if key == _STATUS_DETAILS_KEY:
+    for item in e.trailing_metadata() or ():  # (key, value) named tuples
+        if item.key == _STATUS_DETAILS_KEY and isinstance(item.value, bytes):
             status = status_pb2.Status()
             try:
-                status.ParseFromString(value)
+                status.ParseFromString(item.value)
             except Exception:  # a garbled trailer must not mask the status code
                 return None
             return status

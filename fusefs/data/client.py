@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from contextlib import AsyncExitStack
+from types import TracebackType
 
 import grpc
 import httpx
@@ -21,7 +22,8 @@ from fusefs.data.http import HttpRangeSource
 from fusefs.data.location import location_kind, parse_grpc_url
 from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import trio_waker
-from fusefs.data.reader import FileReader, RangeSource, ReadLimits
+from fusefs.data.reader import FileReader, ReadLimits
+from fusefs.data.source import RangeSource
 
 MiB = 1 << 20
 DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
@@ -65,9 +67,15 @@ class DataClient:
         self._stack.callback(self.close)
         return self
 
-    async def __aexit__(self, *exc) -> None:
-        self._nursery.cancel_scope.cancel()  # range fetches end with the client
-        await self._stack.__aexit__(*exc)
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()  # range fetches end with the client
+        await self._stack.__aexit__(exc_type, exc, tb)
 
     def channel(self, endpoint: str, tls: bool) -> grpc.Channel:
         key = (endpoint, tls)
@@ -82,6 +90,8 @@ class DataClient:
     def open_source(self, location: str, size: int) -> RangeSource:
         """The network source for the object at `location` (a bidi stream or HTTP ranges)."""
         if location_kind(location) == "http":
+            if self._http is None or self._nursery is None:
+                raise RuntimeError("DataClient used outside `async with`")
             return HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
         target = parse_grpc_url(location)
         return BidiStream(

@@ -18,10 +18,15 @@ the last scalar wins, message fields merge field by field.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import crc32c
+from google.protobuf.message import Message
 
 from fusefs.data.errors import ProtocolError
 from fusefs.proto import storage_pb2 as pb
+
+_M = TypeVar("_M", bound=Message)
 
 # Wire types.
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
@@ -87,7 +92,7 @@ class Response:
         self.read_handle: pb.BidiReadHandle | None = None
 
 
-def decode_response(message: bytes) -> Response:
+def decode_response(message: bytes | memoryview) -> Response:
     """Decode one serialized `BidiReadObjectResponse`; ProtocolError if malformed."""
     if not isinstance(message, bytes):
         message = bytes(message)
@@ -244,7 +249,7 @@ def _skip(message: bytes, pos: int, end: int, field: int, wire: int, depth: int 
     raise ProtocolError(f"field {field}: wire type {wire}")
 
 
-def _parse(cls, parts: list[bytes]):
+def _parse(cls: type[_M], parts: list[bytes]) -> _M:
     try:
         return cls.FromString(b"".join(parts))
     except Exception as e:  # protobuf's DecodeError, or whatever a garbled message raises

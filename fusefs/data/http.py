@@ -19,6 +19,7 @@ import trio
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.errors import DataError, GoneError, ProtocolError, TransientError
 from fusefs.data.ranges import RangeRead
+from fusefs.data.source import SourceCounters
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,15 @@ class HttpRangeSource:
         self.url = url
         self.size = size
         self.limits = limits
-        self.requests = 0
-        self.retries = 0
-        self.progress = 0  # bytes received
+        self.counters = SourceCounters()
         self._http = http
         self._nursery = nursery
         self._scopes: dict[RangeRead, trio.CancelScope] = {}
         self._closed = False
+
+    @property
+    def progress(self) -> int:
+        return self.counters.bytes
 
     def submit(self, ranges: list[RangeRead]) -> None:
         if self._closed:
@@ -83,7 +86,7 @@ class HttpRangeSource:
                         ):
                             rr.fail(e)
                             return
-                        self.retries += 1
+                        self.counters.retries += 1
                         delay = min(
                             self.limits.backoff_initial * 2 ** (failures - 1),
                             self.limits.backoff_max,
@@ -97,7 +100,7 @@ class HttpRangeSource:
 
     async def _get(self, rr: RangeRead) -> None:
         first, last = rr.next_offset, rr.end - 1
-        self.requests += 1
+        self.counters.requests += 1
         try:
             async with self._http.stream(
                 "GET", self.url, headers={"Range": f"bytes={first}-{last}"}
@@ -113,7 +116,7 @@ class HttpRangeSource:
                 )
                 pos = first
                 async for data in response.aiter_bytes():
-                    self.progress += len(data)
+                    self.counters.bytes += len(data)
                     rr.feed(pos, data)  # ProtocolError on anything past what was asked
                     pos += len(data)
         except httpx.HTTPError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -185,7 +185,7 @@ class RangeMap:
     def __len__(self) -> int:
         return len(self._ranges)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[RangeRead]:
         return iter(list(self._ranges))
 
     def add(self, rr: RangeRead) -> None:

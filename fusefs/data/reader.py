@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
 
 import trio
 
 from fusefs.data.errors import DataError, DeadlineError
 from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import RangeMap, RangeRead, SequentialTracker, aligned_pieces
+from fusefs.data.source import RangeSource, Waker
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +31,6 @@ class ReadLimits:
     range_unit: int = 8 * MiB  # largest single range; prefetch is aligned to it
     prefetch_initial: int = 4 * MiB
     prefetch_max: int = 64 * MiB
-
-
-class RangeSource(Protocol):
-    """Where a file's ranges are fetched from."""
-
-    @property
-    def progress(self) -> int:
-        """Bytes received so far: any change means the source is alive."""
-
-    def submit(self, ranges: list[RangeRead]) -> None: ...
-    def abandon(self, rr: RangeRead) -> None: ...
-    def close(self) -> None: ...
-
-
-class Waker(Protocol):
-    def __call__(self, fn) -> None: ...
 
 
 class FileReader:
@@ -95,7 +79,9 @@ class FileReader:
             for rr in covering:
                 rr.pins -= 1
 
-    async def _assemble(self, covering: list[RangeRead], offset: int, end: int):
+    async def _assemble(
+        self, covering: list[RangeRead], offset: int, end: int
+    ) -> bytes | memoryview:
         pos = offset
         for rr in covering:
             if rr.offset > pos:  # cannot happen; if it did, refuse rather than misplace bytes

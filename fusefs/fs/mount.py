@@ -24,9 +24,11 @@ from fusefs.data.reader import ReadLimits
 from fusefs.fs import systemd
 from fusefs.fs.ops import ModelFS
 from fusefs.fs.status import serve_metrics
-from fusefs.fs.tree import Tree
 from fusefs.hub.client import HubClient, HubError, RepoNotFound, RepoSpec, Snapshot
 from fusefs.hub.resolve import Resolver
+from fusefs.vfs.datapath import Services
+from fusefs.vfs.filesystem import Filesystem
+from fusefs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +155,12 @@ def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: No
         trio.run(_serve, settings, mountpoint, on_ready)
     except BaseExceptionGroup as group:
         # Nurseries wrap what they raise; a MountError is still one line for a person.
-        if (errors := group.subgroup(MountError)) is not None:
-            while isinstance(errors, BaseExceptionGroup):
-                errors = errors.exceptions[0]
-            raise errors from None
-        raise
+        found: BaseException | None = group.subgroup(MountError)
+        if found is None:
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        raise found from None
 
 
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
@@ -178,7 +181,7 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
                 snap.commit[:12],
                 len(snap.files),
             )
-        view = {
+        view: dict[str, object] = {
             "mountpoint": mountpoint,
             "hub": settings.hub,
             "region": region,
@@ -188,10 +191,11 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             "metrics": settings.metrics,
             "cache_dir": settings.cache_dir,
         }
-        ops = ModelFS(tree, hub, Resolver(hub, region, settings.peers), data, view, cache)
+        fs = Filesystem(tree, hub, Services(Resolver(hub, region, settings.peers), data, cache))
+        ops = ModelFS(fs, view)
         if settings.metrics:
             try:
-                serve_metrics(ops, ops.registry, settings.metrics)
+                serve_metrics(fs, view, settings.metrics)
             except OSError as e:
                 raise MountError(f"metrics address {settings.metrics}: {e.strerror}") from None
         options = set(pyfuse3.default_options) | {
@@ -214,7 +218,7 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
                 await pyfuse3.main(min_tasks=4, max_tasks=FUSE_WORKERS)
                 nursery.cancel_scope.cancel()
         finally:
-            ops.close()
+            fs.close()
             try:
                 pyfuse3.close(unmount=True)
             except OSError as e:

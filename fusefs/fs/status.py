@@ -1,99 +1,68 @@
 """What a running mount reports about itself: `modelfs status` and Prometheus.
 
 Both read the live objects (open files, streams, resolver, budget) when asked,
-so the read path pays nothing for them except the latency histograms.
+so the read path pays nothing for them except the latency histograms. The
+objects belong to the trio thread; the Prometheus thread asks that thread for a
+snapshot rather than reading them while they change.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+import trio
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from fusefs.cache.source import FileCache
+from fusefs.vfs.filesystem import Filesystem
 
 STATUS_XATTR = b"user.modelfs.status"
 STATUS_MAX_BYTES = 60_000  # the JSON must fit one xattr value (64 KiB at most)
 
 
-class ReadTimings:
-    """Latency histograms, fed by the read path."""
-
-    def __init__(self, registry: CollectorRegistry):
-        buckets = (
-            0.0005,
-            0.001,
-            0.0025,
-            0.005,
-            0.01,
-            0.025,
-            0.05,
-            0.1,
-            0.25,
-            0.5,
-            1,
-            2.5,
-            5,
-            10,
-            30,
-        )
-        self.read = Histogram(
-            "modelfs_read_seconds",
-            "Time to serve one FUSE read",
-            registry=registry,
-            buckets=buckets,
-        )
-        self.first_byte = Histogram(
-            "modelfs_first_byte_seconds",
-            "From open of a cold file to its first byte served",
-            registry=registry,
-            buckets=buckets,
-        )
-
-
-def snapshot(fs) -> dict:
-    """The mount's state as plain data (fs is a ModelFS)."""
-    files = []
-    for opened in list(fs.files.values()):  # a copy: the metrics thread reads it too
-        src = opened.reader.source
-        counters = getattr(src, "counters", None)
+def snapshot(fs: Filesystem, settings_view: dict[str, object]) -> dict[str, Any]:
+    """The mount's state as plain data; call on the trio thread."""
+    files: list[dict[str, Any]] = []
+    for inode, path in fs.files.items():
+        moved = path.reader.source.counters
         files.append(
             {
-                "path": opened.reader.name,
-                "marker": opened.resolution.marker,
-                "source": opened.resolution.source,
-                "region": opened.resolution.region,
-                "endpoint": opened.resolution.location,
-                "handles": opened.handles,
-                "bytes_read": opened.bytes_read,
-                "stream_opens": counters.opens if counters else 0,
-                "stream_reopens": counters.reopens if counters else 0,
-                "http_retries": getattr(src, "retries", 0),
-                "buffered": opened.reader.buffered,
+                "path": path.file.path,
+                "marker": path.resolution.marker,
+                "source": path.resolution.source,
+                "region": path.resolution.region,
+                "endpoint": path.resolution.location,
+                "handles": fs.handles(inode),
+                "bytes_read": path.bytes_read,
+                "stream_opens": moved.opens,
+                "stream_reopens": moved.reopens,
+                "http_retries": moved.retries,
+                "buffered": path.reader.buffered,
             }
         )
     files.sort(key=lambda f: f["path"])
-    state = {
-        "mountpoint": fs.settings_view.get("mountpoint"),
-        "settings": fs.settings_view,
+    resolver, budget, served = fs.services.resolver, fs.services.data.budget, fs.counters
+    state: dict[str, Any] = {
+        "mountpoint": settings_view.get("mountpoint"),
+        "settings": settings_view,
         "uptime_seconds": round(time.monotonic() - fs.started, 1),
-        "region": fs.resolver.region,
-        "peers": list(fs.resolver.peers),
+        "region": resolver.region,
+        "peers": list(resolver.peers),
         "repos": [f"{s.repo}@{s.revision} ({s.commit[:12]})" for s in fs.tree.snapshots()],
         "files_open": len(files),
-        "bytes_read": dict(fs.bytes_by_source),
+        "bytes_read": dict(served.bytes_by_source),
         "stream_opens": sum(f["stream_opens"] for f in files),
         "stream_reopens": sum(f["stream_reopens"] for f in files),
         "retries": sum(f["stream_reopens"] + f["http_retries"] for f in files),
-        "probes": dict(fs.resolver.probes),
-        "memory": {
-            "in_use": fs.data.budget.in_use,
-            "limit": fs.data.budget.limit,
-            "evictions": fs.data.budget.evictions,
-        },
-        "errors": dict(fs.errors),
-        "read_sizes": dict(fs.read_sizes.most_common(5)),
-        "cache": _cache_state(fs.cache),
+        "probes": dict(resolver.probes),
+        "memory": {"in_use": budget.in_use, "limit": budget.limit, "evictions": budget.evictions},
+        "errors": dict(served.errors),
+        "read_sizes": dict(served.read_sizes.most_common(5)),
+        "cache": _cache_state(fs.services.cache),
         "files": [],
         "files_not_listed": len(files),
     }
@@ -108,7 +77,7 @@ def snapshot(fs) -> dict:
     return state
 
 
-def _cache_state(cache) -> dict | None:
+def _cache_state(cache: FileCache | None) -> dict[str, Any] | None:
     if cache is None:
         return None
     disk = cache.disk
@@ -122,11 +91,18 @@ def _cache_state(cache) -> dict | None:
 
 
 class _Collector:
-    def __init__(self, fs):
+    def __init__(
+        self, fs: Filesystem, settings_view: dict[str, object], token: trio.lowlevel.TrioToken
+    ) -> None:
         self.fs = fs
+        self.settings_view = settings_view
+        self.token = token
 
-    def collect(self):
-        state = snapshot(self.fs)
+    def collect(self) -> Iterator[Metric]:
+        # On the exporter's thread: the snapshot itself is taken on the trio thread.
+        state = trio.from_thread.run_sync(
+            snapshot, self.fs, self.settings_view, trio_token=self.token
+        )
         read = CounterMetricFamily(
             "modelfs_read_bytes", "Bytes served to readers, by source", labels=["source"]
         )
@@ -191,8 +167,10 @@ class _Collector:
         )
 
 
-def serve_metrics(fs, registry: CollectorRegistry, address: str) -> None:
-    """Prometheus text endpoint on HOST:PORT, in a background thread."""
-    registry.register(_Collector(fs))
+def serve_metrics(fs: Filesystem, settings_view: dict[str, object], address: str) -> None:
+    """Prometheus text endpoint on HOST:PORT, in a background thread; call on the trio
+    thread."""
+    registry: CollectorRegistry = fs.registry
+    registry.register(_Collector(fs, settings_view, trio.lowlevel.current_trio_token()))
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host, registry=registry)

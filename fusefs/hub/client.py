@@ -108,10 +108,10 @@ class HubClient:
     async def __aenter__(self) -> HubClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def _get_json(self, path: str, params: dict | None = None) -> object:
+    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> object:
         try:
             response = await self._http.get(path, params=params)
         except httpx.HTTPError as e:
@@ -144,7 +144,7 @@ class HubClient:
             return revision
         raise RepoNotFound(f"{repo}: no branch or tag {revision!r}")
 
-    async def _list(self, repo: RepoId, commit: str, root: str, recursive: bool) -> list:
+    async def _list(self, repo: RepoId, commit: str, root: str, recursive: bool) -> list[object]:
         data = await self._get_json(
             f"{repo.api}/repo/files",
             {"Revision": commit, "Recursive": "true" if recursive else "false", "Root": root},
@@ -166,8 +166,9 @@ class HubClient:
             raise HubError(str(e)) from None
         return Snapshot(repo, revision, commit, files)
 
-    async def _walk(self, repo: RepoId, commit: str) -> list:
-        entries, pending, seen = [], [""], set()
+    async def _walk(self, repo: RepoId, commit: str) -> list[object]:
+        entries: list[object] = []
+        pending, seen = [""], set[str]()
         while pending:
             root = pending.pop()
             if root in seen or len(seen) > MAX_DIRECTORIES:

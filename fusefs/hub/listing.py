@@ -37,7 +37,8 @@ def bad_name(name: str) -> str | None:
     return None
 
 
-def bad_path(path: str) -> str | None:
+def bad_path(path: object) -> str | None:
+    """Why `path` cannot be a relative file path in a repo, or None when it can."""
     if not isinstance(path, str) or not path:
         return "empty path"
     if path.startswith("/"):
@@ -60,7 +61,8 @@ def parse_files(repo: str, entries: object) -> list[RepoFile]:
         if entry.get("Type", "blob") == "tree":
             continue  # directories follow from the files' paths
         path = entry.get("Path")
-        if why := bad_path(path):
+        why = bad_path(path)
+        if why is not None or not isinstance(path, str):
             log.warning("%s: skipping entry: %s", repo, why)
             continue
         size = entry.get("Size")

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from fusefs.data.location import BadLocation, is_internal, location_kind
-from fusefs.hub.client import Answer, HubClient, HubError, RepoId
+from fusefs.hub.client import Answer, HubError, RepoId
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,23 @@ class _Winner:
     expires: float  # monotonic time; inf for an internal winner
 
 
+_ProbeKey = tuple[RepoId, str, str, str | None]  # repo, commit, path, region
+
+
+class Prober(Protocol):
+    """What resolution asks of the hub (HubClient; tests script it)."""
+
+    def download_url(self, repo: RepoId, commit: str, path: str) -> str: ...
+
+    async def ask_location(
+        self, repo: RepoId, commit: str, path: str, region: str | None
+    ) -> Answer: ...
+
+
 class Resolver:
     def __init__(
         self,
-        hub: HubClient,
+        hub: Prober,
         region: str | None,
         peers: tuple[str, ...] = (),
         *,
@@ -75,11 +89,12 @@ class Resolver:
         self.probes: Counter[str] = Counter()  # by outcome
         self._winners: dict[tuple[RepoId, str], _Winner] = {}
         self._walking: dict[tuple[RepoId, str], trio.Event] = {}
-        self._inflight: dict[tuple, tuple[trio.Event, list]] = {}
+        self._inflight: dict[_ProbeKey, tuple[trio.Event, list[Answer | None]]] = {}
 
     @property
-    def candidates(self) -> list[tuple[str, str]]:
-        local = [("local", self.region)] if self.region else []
+    def candidates(self) -> list[tuple[str, str | None]]:
+        """(source, region) in the order they are probed."""
+        local: list[tuple[str, str | None]] = [("local", self.region)] if self.region else []
         return local + [("peer", p) for p in self.peers]
 
     async def resolve(
@@ -113,7 +128,7 @@ class Resolver:
         )
         return res
 
-    def _winner(self, key) -> _Winner | None:
+    def _winner(self, key: tuple[RepoId, str]) -> _Winner | None:
         winner = self._winners.get(key)
         if winner is not None and winner.expires < trio.current_time():
             del self._winners[key]
@@ -160,7 +175,7 @@ class Resolver:
         if (shared := self._inflight.get(key)) is not None:
             await shared[0].wait()
             return shared[1][0]
-        done, box = trio.Event(), [None]
+        done, box = trio.Event(), list[Answer | None]([None])
         self._inflight[key] = (done, box)
         try:
             box[0] = await self._probe_with_retries(repo, commit, path, region)
@@ -169,7 +184,9 @@ class Resolver:
             del self._inflight[key]
             done.set()
 
-    async def _probe_with_retries(self, repo, commit, path, region) -> Answer | None:
+    async def _probe_with_retries(
+        self, repo: RepoId, commit: str, path: str, region: str | None
+    ) -> Answer | None:
         for attempt in range(self.probe_attempts):
             if attempt:
                 await trio.sleep(0.05 * 2**attempt)

@@ -13,19 +13,21 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import crc32c
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from fusefs.data.location import BUCKET_PREFIX
 from fusefs.hub.client import RepoId
 from fusefs.proto import storage_pb2 as pb
-from fusefs.server.faults import FaultPlan
+from fusefs.server.faults import Fault, FaultPlan
 from fusefs.server.stats import Stats
-from fusefs.server.store import Store
+from fusefs.server.store import Store, StoredFile
 from fusefs.server.topology import Region
 from fusefs.server.wire import data_response
 
@@ -36,7 +38,9 @@ DEFAULT_CHUNK = 2 << 20
 
 
 class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, details: list | None = None):
+    def __init__(
+        self, code: grpc.StatusCode, message: str, details: list[Message] | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.details = code, message, details or []
 
@@ -60,13 +64,13 @@ class _Ranges:
         self.error: _Abort | None = None
         self.cond = threading.Condition()
 
-    def add(self, ranges) -> None:
+    def add(self, ranges: Sequence[pb.ReadRange]) -> None:
         if len(ranges) > MAX_RANGES_PER_MESSAGE:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{len(ranges)} ranges in one message; at most {MAX_RANGES_PER_MESSAGE}",
             )
-        new = []
+        new: list[_Range] = []
         for r in ranges:
             if r.read_id in self.ids or any(n.read_id == r.read_id for n in new):
                 raise _Abort(
@@ -165,7 +169,9 @@ class BidiReadService:
         self.faults = faults
         self.chunk_size = chunk_size
 
-    def BidiReadObject(self, request_iterator, context):
+    def BidiReadObject(
+        self, request_iterator: Iterator[pb.BidiReadObjectRequest], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         try:
             yield from self._serve(request_iterator, context)
         except _Abort as e:
@@ -180,10 +186,10 @@ class BidiReadService:
                 )
             context.abort(e.code, e.message)
 
-    def _fault(self, kind: str):
+    def _fault(self, kind: str) -> Fault | None:
         return self.faults.take(kind, self.region.name) if self.faults else None
 
-    def _open(self, spec: pb.BidiReadObjectSpec):
+    def _open(self, spec: pb.BidiReadObjectSpec) -> StoredFile:
         if spec.bucket != self.bucket:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no bucket {spec.bucket!r} here")
         owner, _, rest = spec.object.partition("/")
@@ -200,7 +206,9 @@ class BidiReadService:
             )
         return f
 
-    def _serve(self, request_iterator, context):
+    def _serve(
+        self, request_iterator: Iterator[pb.BidiReadObjectRequest], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         region = self.region.name
         self.stats.add("streams_opened", region)
         first = next(request_iterator, None)
@@ -272,7 +280,7 @@ class BidiReadService:
         finally:
             os.close(fd)
 
-    def _drain(self, request_iterator, ranges: _Ranges) -> None:
+    def _drain(self, request_iterator: Iterator[pb.BidiReadObjectRequest], ranges: _Ranges) -> None:
         try:
             for request in request_iterator:
                 ranges.add(request.read_ranges)

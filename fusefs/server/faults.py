@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 KINDS = {"break", "delay", "unavailable", "redirect", "corrupt", "hub_error", "cdn_forbidden"}
 
@@ -14,7 +15,7 @@ class Fault:
     kind: str
     count: int = 1
     region: str | None = None
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class FaultPlan:
@@ -23,7 +24,7 @@ class FaultPlan:
         self._lock = threading.Lock()
         self.injected: Counter[str] = Counter()
 
-    def add(self, spec: dict) -> Fault:
+    def add(self, spec: dict[str, Any]) -> Fault:
         kind = spec.get("kind")
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(KINDS)}")
@@ -40,7 +41,7 @@ class FaultPlan:
         with self._lock:
             self._faults.clear()
 
-    def listing(self) -> list[dict]:
+    def listing(self) -> list[dict[str, Any]]:
         with self._lock:
             return [
                 {"kind": f.kind, "count": f.count, "region": f.region, **f.params}

@@ -19,10 +19,19 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import parse_qs, quote, unquote
 
 import trio
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Scope,
+)
 
 from fusefs.data.location import GrpcObject
 from fusefs.hub.client import REGION_HEADER, RepoId
@@ -56,14 +65,28 @@ class Reply(Exception):
         self,
         status: int,
         body: bytes = b"",
-        headers: dict | None = None,
+        headers: dict[str, str] | None = None,
         content_type: str = "application/json",
     ):
         self.status, self.body = status, body
         self.headers = {"content-type": content_type, **(headers or {})}
 
 
-def ok(data) -> Reply:
+async def send_start(send: ASGISendCallable, status: int, headers: dict[str, str]) -> None:
+    event: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    await send(event)
+
+
+async def send_body(send: ASGISendCallable, body: bytes, *, more: bool = False) -> None:
+    event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": more}
+    await send(event)
+
+
+def ok(data: object) -> Reply:
     return Reply(
         200, json.dumps({"Code": 200, "Data": data, "Message": "", "Success": True}).encode()
     )
@@ -94,9 +117,12 @@ class HubApp:
         self.client_region = client_region
         self.listing_limit = listing_limit
         self.base = ""  # http://HOST:PORT, set once listening
-        self.stop_listener = lambda region: False  # set by the command: stops one region's gRPC
+        # set by the command: stops one region's gRPC listener
+        self.stop_listener: Callable[[str], bool] = lambda region: False
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -107,8 +133,10 @@ class HubApp:
         body = b""
         while True:
             message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message["body"]
+            if not message["more_body"]:
                 break
         req = Request(
             scope["method"],
@@ -125,21 +153,11 @@ class HubApp:
             log.exception("%s %s failed", req.method, req.path)
             reply = error(500, "internal error")
         if reply is not None:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": reply.status,
-                    "headers": [
-                        (k.encode(), str(v).encode())
-                        for k, v in {**reply.headers, "content-length": len(reply.body)}.items()
-                    ],
-                }
-            )
-            await send(
-                {"type": "http.response.body", "body": b"" if req.method == "HEAD" else reply.body}
-            )
+            headers = {**reply.headers, "content-length": str(len(reply.body))}
+            await send_start(send, reply.status, headers)
+            await send_body(send, b"" if req.method == "HEAD" else reply.body)
 
-    async def route(self, req: Request, send) -> Reply | None:
+    async def route(self, req: Request, send: ASGISendCallable) -> Reply | None:
         path = req.path
         if path.startswith("/admin/"):
             return self.admin(req)
@@ -231,7 +249,9 @@ class HubApp:
             )
         return Reply(302, b"", {"location": location})
 
-    async def cdn(self, req: Request, send, repo: RepoId, commit: str, path: str) -> Reply | None:
+    async def cdn(
+        self, req: Request, send: ASGISendCallable, repo: RepoId, commit: str, path: str
+    ) -> Reply | None:
         if not self.store.exists(repo):
             return error(404, "no such repo")
         state = await self.current(repo, None)
@@ -257,18 +277,9 @@ class HubApp:
                 headers["content-range"] = f"bytes {first}-{last}/{size}"
         length = last - first + 1 if size else 0
         self.stats.add("counts", "cdn_requests")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (k.encode(), v.encode())
-                    for k, v in {**headers, "content-length": str(length)}.items()
-                ],
-            }
-        )
+        await send_start(send, status, {**headers, "content-length": str(length)})
         if req.method == "HEAD" or length == 0:
-            await send({"type": "http.response.body", "body": b""})
+            await send_body(send, b"")
             return None
         fd = os.open(f.abspath, os.O_RDONLY)
         try:
@@ -278,7 +289,7 @@ class HubApp:
                 data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
                 pos += len(data)
                 self.stats.add("counts", "cdn_bytes", len(data))
-                await send({"type": "http.response.body", "body": data, "more_body": pos <= last})
+                await send_body(send, data, more=pos <= last)
         finally:
             os.close(fd)
         return None
@@ -314,8 +325,9 @@ class HubApp:
         return error(404, "no such route")
 
 
-def listing(state: RepoState, root: str, recursive: bool) -> list[dict]:
-    entries, dirs = [], set()
+def listing(state: RepoState, root: str, recursive: bool) -> list[dict[str, object]]:
+    entries: list[dict[str, object]] = []
+    dirs: set[str] = set()
     prefix = root + "/" if root else ""
     for path in sorted(state.files):
         if not path.startswith(prefix):
@@ -356,7 +368,7 @@ def listing(state: RepoState, root: str, recursive: bool) -> list[dict]:
     return entries
 
 
-def parse_range(spec: str, size: int):
+def parse_range(spec: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
     """(first, last) for one satisfiable byte range; None to ignore; 'unsatisfiable'."""
     m = _RANGE.match(spec.strip())
     if not m or (not m[1] and not m[2]):

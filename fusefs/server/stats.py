@@ -23,7 +23,7 @@ class Stats:
         with self._lock:
             getattr(self, counter)[key] += n
 
-    def view(self, faults_injected: dict) -> dict:
+    def view(self, faults_injected: dict[str, int]) -> dict[str, object]:
         with self._lock:
             return {
                 "probes": dict(self.probes),

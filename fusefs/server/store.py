@@ -25,7 +25,7 @@ class StoredFile:
     size: int
     mtime: int  # unix seconds
     generation: int  # changes whenever the file does (µs mtime, like GCS)
-    key: tuple  # (dev, ino, size, mtime_ns)
+    key: tuple[int, int, int, int]  # (dev, ino, size, mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class RepoState:
 class Store:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        self._digests: dict[tuple, str] = {}
+        self._digests: dict[tuple[int, int, int, int], str] = {}
         self._states: dict[RepoId, RepoState] = {}
         self._lock = threading.Lock()
 

@@ -1,0 +1,49 @@
+"""What a reader needs of a transport: the `RangeSource` protocol and its counters.
+
+A transport (one bidi stream, ranged HTTP GETs, the disk cache in front of
+either) fetches the byte ranges a `FileReader` submits and feeds them from its
+own threads or tasks. Status and metrics read its `counters`; nothing probes a
+source for attributes it may not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fusefs.data.ranges import RangeRead
+
+Waker = Callable[[Callable[[], None]], None]
+"""Hands a callback to the trio loop from any thread (see `ranges.trio_waker`)."""
+
+
+@dataclass
+class SourceCounters:
+    """What one transport did; bumped from its own thread, read by status and metrics."""
+
+    opens: int = 0  # streams opened (gRPC)
+    reopens: int = 0  # streams reopened after a break
+    redirects: int = 0  # reopens that followed a redirect
+    bad_chunks: int = 0  # chunks refused (CRC, offsets, framing)
+    requests: int = 0  # ranged HTTP requests sent
+    retries: int = 0  # ranged HTTP requests sent again after a failure
+    bytes: int = 0  # received from the network
+
+
+class RangeSource(Protocol):
+    """Where a file's ranges are fetched from."""
+
+    @property
+    def progress(self) -> int:
+        """Bytes received so far: any change means the source is alive."""
+        ...
+
+    @property
+    def counters(self) -> SourceCounters: ...
+
+    def submit(self, ranges: list[RangeRead]) -> None: ...
+
+    def abandon(self, rr: RangeRead) -> None: ...
+
+    def close(self) -> None: ...

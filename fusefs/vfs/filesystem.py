@@ -1,0 +1,229 @@
+"""The filesystem a mount shows, without FUSE: names, repos found on lookup, open files.
+
+`Filesystem` answers what the kernel asks (look up a name, list a directory,
+open, read, release, extended attributes) in the project's own terms: nodes of
+the inode tree, file handles, bytes, and `FsError` carrying an errno. The FUSE
+adapter (`fusefs.fs.ops`) only translates calls and errors, so everything here
+can be driven by tests without a kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram
+
+from fusefs.data.errors import DataError
+from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound, valid_repo_part
+from fusefs.vfs.datapath import SETUP_ERRORS, DataPath, Services
+from fusefs.vfs.errors import FsError, io_error, not_found
+from fusefs.vfs.tree import ROOT_INODE, DirNode, FileNode, Node, Tree
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_REPO_TTL = 30.0  # how long "no such repo" is remembered
+SOURCE_XATTRS = (b"user.modelfs.source", b"user.modelfs.region", b"user.modelfs.endpoint")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ReadTimings:
+    """Latency histograms, fed by the read path."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.read = Histogram(
+            "modelfs_read_seconds",
+            "Time to serve one FUSE read",
+            registry=registry,
+            buckets=_BUCKETS,
+        )
+        self.first_byte = Histogram(
+            "modelfs_first_byte_seconds",
+            "From open of a cold file to its first byte served",
+            registry=registry,
+            buckets=_BUCKETS,
+        )
+
+
+@dataclass
+class ReadCounters:
+    """What the read path served and refused, for status and metrics."""
+
+    errors: Counter[str] = field(default_factory=Counter)  # by kind of DataError
+    read_sizes: Counter[int] = field(default_factory=Counter)
+    bytes_by_source: Counter[str] = field(default_factory=Counter)  # monotonic
+
+
+class Filesystem:
+    def __init__(self, tree: Tree, hub: HubClient, services: Services) -> None:
+        self.tree = tree
+        self.hub = hub
+        self.services = services
+        self.started = time.monotonic()
+        self.counters = ReadCounters()
+        self.registry = CollectorRegistry()
+        self.timings = ReadTimings(self.registry)
+        self.files: dict[int, DataPath] = {}  # by inode
+        self._handles: dict[int, DataPath] = {}
+        self._refs: Counter[int] = Counter()  # open handles by inode
+        self._fh = itertools.count(1)
+        self._opening: dict[int, trio.Event] = {}
+        self._discovering: dict[RepoId, trio.Event] = {}
+        self._unknown: dict[RepoId, float] = {}
+
+    # -- names -----------------------------------------------------------------
+
+    def node(self, inode: int) -> Node:
+        node = self.tree.get(inode)
+        if node is None:
+            raise not_found()
+        return node
+
+    def directory(self, inode: int) -> DirNode:
+        node = self.node(inode)
+        if not isinstance(node, DirNode):
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    async def lookup(self, parent_inode: int, name: bytes) -> Node:
+        parent = self.directory(parent_inode)
+        child = parent.children.get(name)
+        if child is None:
+            child = await self._discover(parent, name)
+        return child
+
+    def listing(self, inode: int) -> list[Node]:
+        """The directory's entries in name order (owners seen only through a failed
+        lookup stay hidden)."""
+        node = self.directory(inode)
+        entries = [node.children[n] for n in node.sorted_names()]
+        if inode == ROOT_INODE:
+            entries = [e for e in entries if isinstance(e, DirNode) and e.children]
+        return entries
+
+    async def _discover(self, parent: DirNode, name: bytes) -> Node:
+        """Owners appear on first use; a repo is asked of the hub and pinned."""
+        try:
+            text = name.decode()
+        except UnicodeDecodeError:
+            raise not_found() from None
+        if not valid_repo_part(text):
+            raise not_found()
+        if parent.inode == ROOT_INODE:
+            return self.tree.owner_dir(text)
+        if parent.parent != ROOT_INODE or parent.snapshot is not None:
+            raise not_found()
+        repo = RepoId(parent.name.decode(), text)
+        if self._unknown.get(repo, 0) > time.monotonic():
+            raise not_found()
+        while (pending := self._discovering.get(repo)) is not None:
+            await pending.wait()  # one hub round trip for concurrent lookups
+        if node := self.tree.repo_dir(repo):
+            return node
+        self._discovering[repo] = done = trio.Event()
+        try:
+            snap = await self.hub.snapshot(repo)
+        except RepoNotFound:
+            self._unknown[repo] = time.monotonic() + UNKNOWN_REPO_TTL
+            raise not_found() from None
+        except HubError as e:
+            log.warning("%s: %s", repo, e)
+            raise io_error() from None
+        finally:
+            del self._discovering[repo]
+            done.set()
+        log.info("pinned %s at %s (%d files)", repo, snap.commit[:12], len(snap.files))
+        return self.tree.add_snapshot(snap)
+
+    # -- data ------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int) -> int:
+        """A new handle on the file; its data path is shared with the file's other handles."""
+        node = self.node(inode)
+        if isinstance(node, DirNode):
+            raise FsError(errno.EISDIR)
+        assert isinstance(node, FileNode)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            raise FsError(errno.EROFS)
+        path = await self._data_path(node)
+        if self._refs[inode] == 0 and path.cached is not None:
+            path.cached.resume()
+        self._refs[inode] += 1
+        fh = next(self._fh)
+        self._handles[fh] = path
+        return fh
+
+    async def _data_path(self, node: FileNode) -> DataPath:
+        while (pending := self._opening.get(node.inode)) is not None:
+            await pending.wait()  # concurrent opens share one resolution and one stream
+        if (path := self.files.get(node.inode)) is not None:
+            return path
+        self._opening[node.inode] = done = trio.Event()
+        try:
+            path = await DataPath.open(node, self.services)
+        except SETUP_ERRORS as e:
+            log.warning("open %s: %s", node.path, e)
+            raise io_error() from None
+        finally:
+            del self._opening[node.inode]
+            done.set()
+        self.files[node.inode] = path
+        return path
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        path = self._handles.get(fh)
+        if path is None:
+            raise FsError(errno.EBADF)
+        with self.timings.read.time():
+            try:
+                data = await path.read(offset, size)
+            except DataError as e:
+                self.counters.errors[type(e).__name__] += 1
+                log.warning("read %s [%d, +%d): %s", path.file.path, offset, size, e)
+                raise io_error() from None
+        self.counters.read_sizes[len(data)] += 1
+        self.counters.bytes_by_source[path.resolution.source] += len(data)
+        if (elapsed := path.first_byte()) is not None:
+            self.timings.first_byte.observe(elapsed)
+        return data
+
+    def release(self, fh: int) -> None:
+        path = self._handles.pop(fh, None)
+        if path is None:
+            return
+        inode = path.file.inode
+        self._refs[inode] -= 1  # the stream stays for the next open; it idles out by itself
+        if self._refs[inode] == 0:
+            del self._refs[inode]
+            if path.cached is not None:
+                path.cached.pause()  # closed files may be evicted from the disk cache
+
+    def handles(self, inode: int) -> int:
+        return self._refs.get(inode, 0)
+
+    # -- where a file came from ----------------------------------------------------
+
+    def source_xattrs(self, inode: int) -> list[bytes]:
+        return list(SOURCE_XATTRS) if inode in self.files else []
+
+    def source_xattr(self, inode: int, name: bytes) -> bytes | None:
+        path = self.files.get(inode)
+        if path is None or name not in SOURCE_XATTRS:
+            return None
+        res = path.resolution
+        return {
+            SOURCE_XATTRS[0]: res.source,
+            SOURCE_XATTRS[1]: res.region,
+            SOURCE_XATTRS[2]: res.location,
+        }[name].encode()
+
+    def close(self) -> None:
+        for path in self.files.values():
+            path.close()
+        self.files.clear()
