@@ -15,7 +15,7 @@ from hypercorn.trio import serve as serve_http
 
 from fusefs.server.bidi_service import BidiReadService, method_handlers
 from fusefs.server.faults import FaultPlan
-from fusefs.server.hub_app import HubApp
+from fusefs.server.http import StoreApp, StoreContext
 from fusefs.server.stats import Stats
 from fusefs.server.store import Store
 from fusefs.server.topology import Region, parse_host_port
@@ -79,9 +79,9 @@ def run_store(settings: ServeSettings) -> None:
         for r in settings.regions:
             server, addrs[r.name] = start_grpc(r, store, stats, plan)
             servers.append(server)
-        app = HubApp(
+        ctx = StoreContext(
             store,
-            list(settings.regions),
+            {r.name: r for r in settings.regions},
             addrs,
             stats,
             plan,
@@ -96,14 +96,14 @@ def run_store(settings: ServeSettings) -> None:
                 server.stop(grace=0)
             return server is not None
 
-        app.stop_listener = stop_listener
-        trio.run(_serve_http, app, http_host, http_port, settings.topology)
+        ctx.stop_listener = stop_listener
+        trio.run(_serve_http, StoreApp(ctx), http_host, http_port, settings.topology)
     finally:
         for server in servers:
             server.stop(grace=0.5).wait(2)
 
 
-async def _serve_http(app: HubApp, host: str, port: int, topology: bool) -> None:
+async def _serve_http(app: StoreApp, host: str, port: int, topology: bool) -> None:
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
@@ -117,14 +117,15 @@ async def _serve_http(app: HubApp, host: str, port: int, topology: bool) -> None
                 app, config, shutdown_trigger=stop.wait, task_status=task_status
             )
         )
-        app.base = binds[0].rstrip("/")
-        lines = [f"hub: {app.base}"]
+        ctx = app.ctx
+        ctx.base = binds[0].rstrip("/")
+        lines = [f"hub: {ctx.base}"]
         if topology:
-            lines += [f"grpc {name}: {addr}" for name, addr in app.grpc_addrs.items()]
+            lines += [f"grpc {name}: {addr}" for name, addr in ctx.grpc_addrs.items()]
         else:
-            lines += [f"grpc: {addr}" for addr in app.grpc_addrs.values()]
+            lines += [f"grpc: {addr}" for addr in ctx.grpc_addrs.values()]
         print("\n".join(lines), flush=True)
-        log.info("serving %s (pid %d)", app.store.root, os.getpid())
+        log.info("serving %s (pid %d)", ctx.store.root, os.getpid())
     log.info("stopped")
 
 
