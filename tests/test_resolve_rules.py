@@ -42,6 +42,27 @@ async def test_single_flight_for_identical_concurrent_probes():
     assert len(results) == 10 and all(a is results[0] for a in results)
 
 
+async def test_followers_of_a_probe_that_found_nothing_get_its_404():
+    hub = ScriptedHub({"a": {"f"}}, delay=0.05)
+    hub.missing.add("gone")
+    r = Resolver(hub, "a", ("b",))
+    await r.resolve(REPO, "c1", "f")  # the repo's winner is known: opens go straight to it
+    outcomes: list[object] = []
+
+    async def open_gone():
+        try:
+            outcomes.append(await r.resolve(REPO, "c1", "gone"))
+        except ResolveError as e:
+            outcomes.append(e)
+
+    async with trio.open_nursery() as n:
+        for _ in range(5):
+            n.start_soon(open_gone)
+    assert len(outcomes) == 5
+    assert all(isinstance(o, ResolveError) and "not found" in str(o) for o in outcomes)
+    assert [c for c in hub.calls if c[1] == "gone"] == [("c1", "gone", "a")]  # one probe
+
+
 async def test_repo_winner_tried_first_and_n_plus_p_probes_from_many_tasks():
     files = [f"shard-{i}" for i in range(200)]
     hub = ScriptedHub({"p3": set(files)}, delay=0.001)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -61,6 +61,15 @@ class _Winner:
 _ProbeKey = tuple[RepoId, str, str, str | None]  # repo, commit, path, region
 
 
+@dataclass
+class _Flight:
+    """One probe in flight, and what it found, for the identical probes that wait on it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None  # None: it failed transiently (or was cancelled)
+    missing: ResolveError | None = None  # the file does not exist at that commit
+
+
 class Prober(Protocol):
     """What resolution asks of the hub (HubClient; tests script it)."""
 
@@ -89,7 +98,7 @@ class Resolver:
         self.probes: Counter[str] = Counter()  # by outcome
         self._winners: dict[tuple[RepoId, str], _Winner] = {}
         self._walking: dict[tuple[RepoId, str], trio.Event] = {}
-        self._inflight: dict[_ProbeKey, tuple[trio.Event, list[Answer | None]]] = {}
+        self._inflight: dict[_ProbeKey, _Flight] = {}
 
     @property
     def candidates(self) -> list[tuple[str, str | None]]:
@@ -173,16 +182,21 @@ class Resolver:
         """One probe (shared with identical ones in flight); None if it failed transiently."""
         key = (repo, commit, path, region)
         if (shared := self._inflight.get(key)) is not None:
-            await shared[0].wait()
-            return shared[1][0]
-        done, box = trio.Event(), list[Answer | None]([None])
-        self._inflight[key] = (done, box)
+            await shared.done.wait()
+            if shared.missing is not None:
+                raise shared.missing  # the leader's 404 is every follower's 404
+            return shared.answer
+        flight = _Flight()
+        self._inflight[key] = flight
         try:
-            box[0] = await self._probe_with_retries(repo, commit, path, region)
-            return box[0]
+            flight.answer = await self._probe_with_retries(repo, commit, path, region)
+            return flight.answer
+        except ResolveError as e:
+            flight.missing = e
+            raise
         finally:
             del self._inflight[key]
-            done.set()
+            flight.done.set()
 
     async def _probe_with_retries(
         self, repo: RepoId, commit: str, path: str, region: str | None

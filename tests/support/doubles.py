@@ -31,6 +31,7 @@ class ScriptedHub:
         self.calls: list[tuple[str, str, str | None]] = []
         self.fail: dict[str | None, list[object]] = {}  # region -> queued failures
         self.inline: set[str] = set()
+        self.missing: set[str] = set()  # paths that do not exist at any commit: 404
 
     def download_url(self, repo, commit, path):
         return f"http://hub/{repo}/{commit}/{path}"
@@ -44,6 +45,8 @@ class ScriptedHub:
             if isinstance(failure, Exception):
                 raise failure
             return Answer(failure, None)
+        if path in self.missing:
+            return Answer(404, None)
         if path in self.inline:
             return Answer(200, None)
         if region and path in self.holders.get(region, ()):
