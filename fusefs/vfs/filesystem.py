@@ -29,6 +29,7 @@ from fusefs.vfs.tree import ROOT_INODE, DirNode, FileNode, Node, Tree
 log = logging.getLogger(__name__)
 
 UNKNOWN_REPO_TTL = 30.0  # how long "no such repo" is remembered
+MAX_UNKNOWN_REPOS = 4096  # remembered at once
 SOURCE_XATTRS = (b"user.modelfs.source", b"user.modelfs.region", b"user.modelfs.endpoint")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -120,17 +121,18 @@ class Filesystem:
         if parent.parent != ROOT_INODE or parent.snapshot is not None:
             raise not_found()
         repo = RepoId(parent.name.decode(), text)
-        if self._unknown.get(repo, 0) > time.monotonic():
-            raise not_found()
         while (pending := self._discovering.get(repo)) is not None:
             await pending.wait()  # one hub round trip for concurrent lookups
+        # After the wait: what the lookup we waited for found out holds for us too.
+        if self._unknown.get(repo, 0) > time.monotonic():
+            raise not_found()
         if node := self.tree.repo_dir(repo):
             return node
         self._discovering[repo] = done = trio.Event()
         try:
             snap = await self.hub.snapshot(repo)
         except RepoNotFound:
-            self._unknown[repo] = time.monotonic() + UNKNOWN_REPO_TTL
+            self._remember_unknown(repo)
             raise not_found() from None
         except HubError as e:
             log.warning("%s: %s", repo, e)
@@ -140,6 +142,14 @@ class Filesystem:
             done.set()
         log.info("pinned %s at %s (%d files)", repo, snap.commit[:12], len(snap.files))
         return self.tree.add_snapshot(snap)
+
+    def _remember_unknown(self, repo: RepoId) -> None:
+        now = time.monotonic()
+        if len(self._unknown) >= MAX_UNKNOWN_REPOS:  # names are the caller's: bound them
+            self._unknown = {r: t for r, t in self._unknown.items() if t > now}
+            while len(self._unknown) >= MAX_UNKNOWN_REPOS:
+                del self._unknown[next(iter(self._unknown))]  # the oldest first
+        self._unknown[repo] = now + UNKNOWN_REPO_TTL
 
     # -- data ------------------------------------------------------------------
 

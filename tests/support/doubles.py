@@ -14,7 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from fusefs.hub.client import Answer
+from fusefs.data.client import DataClient
+from fusefs.data.errors import DataError
+from fusefs.data.source import SourceCounters
+from fusefs.hub.client import Answer, RepoId, RepoNotFound, Snapshot
+from fusefs.hub.listing import RepoFile
 from fusefs.testing import sample_bytes
 
 CDN = "https://cdn.example.com/"
@@ -23,7 +27,8 @@ CONTENT = sample_bytes(300_000, seed=5)
 
 
 class ScriptedHub:
-    """Answers probes from a table {(path, region): kind}; counts every probe."""
+    """Answers probes from a table {region: paths held}; counts every probe. Also lists
+    the repos added with `add_repo` (others are unknown), counting those calls too."""
 
     def __init__(self, holders: dict[str, set[str]], delay: float = 0.0):
         self.holders = holders  # region -> paths it holds internally
@@ -32,6 +37,22 @@ class ScriptedHub:
         self.fail: dict[str | None, list[object]] = {}  # region -> queued failures
         self.inline: set[str] = set()
         self.missing: set[str] = set()  # paths that do not exist at any commit: 404
+        self.repos: dict[RepoId, Snapshot] = {}
+        self.snapshot_calls: list[RepoId] = []
+
+    def add_repo(self, repo: RepoId, files: dict[str, bytes]) -> Snapshot:
+        snap = Snapshot(
+            repo, "master", COMMIT, [RepoFile(p, len(d), None, 0) for p, d in sorted(files.items())]
+        )
+        self.repos[repo] = snap
+        return snap
+
+    async def snapshot(self, repo, revision="master"):
+        self.snapshot_calls.append(repo)
+        await trio.sleep(self.delay)
+        if repo not in self.repos:
+            raise RepoNotFound(f"not found on the hub: {repo}")
+        return self.repos[repo]
 
     def download_url(self, repo, commit, path):
         return f"http://hub/{repo}/{commit}/{path}"
@@ -120,21 +141,56 @@ class HostileHub:
 
 
 class InstantSource:
-    """Serves every range at once from memory: the reader's bookkeeping under test."""
+    """Serves every range at once from memory: the reader's bookkeeping under test.
 
-    progress = 0
+    `failures` are raised into the next ranges submitted (one error per range), and
+    `location` says where the data path that opened it thought it was reading from."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, location: str = ""):
         self.data = data
+        self.location = location
+        self.counters = SourceCounters()
         self.submitted: list[tuple[int, int]] = []
+        self.failures: list[DataError] = []
+        self.closed = False
+
+    @property
+    def progress(self) -> int:
+        return self.counters.bytes
 
     def submit(self, ranges):
+        if self.closed:
+            raise DataError("closed")
         for rr in ranges:
             self.submitted.append((rr.offset, rr.length))
+            if self.failures:
+                rr.fail(self.failures.pop(0))
+                continue
+            self.counters.bytes += rr.length
             rr.feed(rr.offset, self.data[rr.offset : rr.end])
 
     def abandon(self, rr):
         pass
 
     def close(self):
-        pass
+        self.closed = True
+
+
+class FakeData(DataClient):
+    """The real data client, but every location it opens is served from memory:
+    `files` maps an object's path (the location's tail) to its bytes."""
+
+    def __init__(self, files: dict[str, bytes], **kwargs):
+        super().__init__(**kwargs)
+        self.files = files
+        self.opened: list[InstantSource] = []
+        self.fail_next: dict[str, list[DataError]] = {}  # location prefix -> failures
+
+    def open_source(self, location, size):
+        path = next(p for p in self.files if location.split("?")[0].endswith("/" + p))
+        source = InstantSource(self.files[path], location)
+        for prefix, failures in self.fail_next.items():
+            if location.startswith(prefix):
+                source.failures, self.fail_next[prefix] = failures, []
+        self.opened.append(source)
+        return source
