@@ -308,12 +308,16 @@ class BidiStream:
             if data.content_crc32c() != data.crc32c:
                 raise ChecksumError(f"{self.target.object}: CRC32C mismatch at {data.read_offset}")
             complete = rr.feed(data.read_offset, data.content)
-            self._failures = 0
             if data.range_end and not complete:
                 raise ProtocolError(
                     f"{self.target.object}: range {read_id} ended at "
                     f"{rr.next_offset}, before {rr.end}"
                 )
+            if data.size:
+                # Bytes received: the breaks before them are forgiven. Only bytes: a
+                # server that ends ranges early without any would otherwise be reopened
+                # forever, every break looking like the first.
+                self._failures = 0
             if complete:
                 with self._lock:
                     self._pending.pop(read_id, None)

@@ -194,3 +194,32 @@ class FakeData(DataClient):
                 source.failures, self.fail_next[prefix] = failures, []
         self.opened.append(source)
         return source
+
+
+class CraftedRpc:
+    """Stands in for a channel's BidiReadObject method: every call answers with what
+    `respond(first_request)` yields (response messages as wire bytes), then ends."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.calls: list[CraftedCall] = []
+
+    def __call__(self, requests, metadata=()):
+        call = CraftedCall(requests, self.respond)
+        self.calls.append(call)
+        return call
+
+
+class CraftedCall:
+    def __init__(self, requests, respond):
+        self._requests = requests
+        self._respond = respond
+        self.cancelled = False
+
+    def __iter__(self):
+        first = next(self._requests)
+        yield from self._respond(first)
+
+    def cancel(self):
+        self.cancelled = True
+        return True
