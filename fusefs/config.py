@@ -273,6 +273,15 @@ SETTINGS: tuple[Setting, ...] = tuple(
 BY_KEY = {s.key: s for s in SETTINGS}
 
 
+def is_boolean(s: Setting) -> bool:
+    """A yes/no setting (may be given as a bare word where that reads naturally)."""
+    return s.parse is _bool
+
+
+def is_list(s: Setting) -> bool:
+    return isinstance(s.default, tuple)
+
+
 @dataclass(frozen=True)
 class Value:
     value: Any  # of the type of the `Settings` field with the same key
