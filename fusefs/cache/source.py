@@ -145,9 +145,11 @@ class CachedSource:
         try:
             if self._closed:
                 self._entry.close()
+                self._cache.released()
             elif self._paused and self._held:
                 self._entry.pause()
                 self._held = False
+                self._cache.released()
         except OSError as e:  # never out of a task's finally: it would end the mount
             log.warning("cache %s: %s", self._key, e)
 

@@ -14,7 +14,8 @@ reserve would be crossed, whole entries are evicted, least recently used first,
 skipping any that a process has open, down to a low-water mark below the limit, so
 that the reservations that follow fit without another look at the directory. When
 nothing can go, the block is simply not cached (the read is still served from
-memory), and for a moment the next reservations are refused without looking again.
+memory), and the next reservations are refused without looking again for a moment,
+or until this process lets go of an entry.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ class DiskCache:
         except OSError:
             pass
         return entry
+
+    def released(self) -> None:
+        """An entry of this process became evictable: room may be made again."""
+        self._full_until = 0.0
 
     @property
     def used(self) -> int:
