@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from threading import Timer
 
 import crc32c
 import grpc
 import pytest
+import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
 from fusefs.data.errors import ProtocolError
 from fusefs.data.location import parse_grpc_url
-from fusefs.data.ranges import RangeRead
+from fusefs.data.ranges import RangeRead, trio_waker
+from fusefs.data.reaper import Reaper
+from fusefs.data.slots import StreamSlots
 from fusefs.proto import storage_pb2 as pb
 from fusefs.server.wire import data_response
 
@@ -49,7 +54,7 @@ def settle(rr: RangeRead, timeout: float = 3.0) -> None:
 
 
 def test_a_range_ended_early_with_an_empty_chunk_fails_after_the_bounded_attempts(channel):
-    def respond(first):
+    def respond(first, call):
         (wanted,) = first.read_ranges
         yield metadata()
         yield data_response(b"", 0, wanted.read_offset, wanted.read_id, True)  # ends, empty
@@ -66,7 +71,7 @@ def test_a_range_ended_early_with_an_empty_chunk_fails_after_the_bounded_attempt
 
 
 def test_progress_between_breaks_keeps_the_stream_going(channel):
-    def respond(first):
+    def respond(first, call):
         (wanted,) = first.read_ranges
         yield metadata()
         piece = bytes(range(10))  # ten bytes per generation, then the stream ends
@@ -81,3 +86,78 @@ def test_progress_between_breaks_keeps_the_stream_going(channel):
         stream.close()
     assert rr.done and rr.error is None
     assert len(rpc.calls) == 6  # more than max_attempts breaks, each after progress
+
+
+# -- slots: a cap on open streams, idle ones closed from the trio side --------------------
+
+
+def serve_when(gate: threading.Event):
+    """A store that answers each range once `gate` is set, then keeps the stream open."""
+
+    def respond(first, call):
+        yield metadata()
+        requests = list(first.read_ranges)
+        if gate.wait(10):
+            for r in requests:
+                data = bytes(r.read_length)
+                yield data_response(data, crc32c.crc32c(data), r.read_offset, r.read_id, True)
+        call.cancelled.wait(10)
+
+    return respond
+
+
+def slotted_stream(channel, respond, slots, limits=FAST) -> tuple[BidiStream, CraftedRpc]:
+    target = parse_grpc_url("grpc://127.0.0.1:9/home/acme/m/model.bin?generation=1")
+    stream = BidiStream(channel, target, SIZE, limits, slots=slots, wake=trio_waker())
+    rpc = CraftedRpc(respond)
+    stream._rpc = rpc
+    return stream, rpc
+
+
+async def test_streams_beyond_the_cap_wait_for_a_busy_one_to_finish(channel):
+    slots = StreamSlots(2, idle_timeout=60)
+    gate = threading.Event()
+    made = [slotted_stream(channel, serve_when(gate), slots) for _ in range(4)]
+    waker = trio_waker()
+    reads = [RangeRead(0, 4096, waker) for _ in made]
+    try:
+        for (stream, _), rr in zip(made, reads, strict=True):
+            stream.submit([rr])
+        assert [len(rpc.calls) for _, rpc in made] == [1, 1, 0, 0]
+        assert (slots.open, slots.waiting) == (2, 2)
+        gate.set()
+        with trio.fail_after(10):
+            for rr in reads:
+                await rr.wait_until(rr.end)
+        assert [len(rpc.calls) for _, rpc in made] == [1, 1, 1, 1]
+        assert slots.peak == 2 and slots.waits == 2
+    finally:
+        for stream, _ in made:
+            stream.close()
+    assert slots.open == 0
+
+
+async def test_an_idle_stream_is_closed_by_the_reaper_not_by_a_timer_thread(channel):
+    limits = StreamLimits(idle_timeout=0.2)
+    reaper = Reaper()
+    slots = StreamSlots(4, limits.idle_timeout, reaper)
+    reaper.add(slots)
+    gate = threading.Event()
+    gate.set()
+    stream, rpc = slotted_stream(channel, serve_when(gate), slots, limits)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reaper.run)
+        try:
+            for round_ in range(3):
+                rr = RangeRead(0, 4096, trio_waker())
+                stream.submit([rr])
+                with trio.fail_after(10):
+                    await rr.wait_until(rr.end)
+                    while stream.open:  # idle: closed after idle_timeout
+                        assert not [t for t in threading.enumerate() if isinstance(t, Timer)]
+                        await trio.sleep(0.01)
+                assert slots.open == 0 and len(rpc.calls) == round_ + 1
+                assert rpc.calls[-1].cancelled.is_set()
+        finally:
+            stream.close()
+            nursery.cancel_scope.cancel()

@@ -121,16 +121,20 @@ class CachedSource:
         self._paused = True
         self._let_go()
 
-    def resume(self) -> None:
-        """A handle is open again; an entry evicted meanwhile is replaced by a fresh one."""
+    async def resume(self) -> None:
+        """A handle is open again; an entry evicted meanwhile is replaced by a fresh one.
+        Call before the file is read again (no range is in flight after `pause`)."""
         self._paused = False
         if self._held:
             return
         self._held = True
-        if self._entry.resume():
+        if self._entry.resume():  # a lock and an fstat: fine on the trio thread
             return
         try:
-            fresh = self._cache.open_entry(self._key, self._size, self._sha256)
+            # A fresh entry needs room, and making room may walk the cache directory.
+            fresh = await trio.to_thread.run_sync(
+                self._cache.open_entry, self._key, self._size, self._sha256
+            )
         except (OSError, EntryError) as e:
             # The evicted entry's file still works for this process; nothing is lost.
             log.warning("cache %s: could not reopen (%s); using the evicted copy", self._key, e)

@@ -12,13 +12,22 @@ one thread — the receive thread of that generation — so the stream is reopen
 once per break: a new generation resends every pending range from its first
 missing byte, with the same read_id, the read handle, the routing token and the
 pinned object generation. Consecutive breaks without progress are bounded in
-count and time; past that, pending reads fail and the next read starts afresh.
+count and time; past that, pending reads fail and the next read starts afresh. A
+store that refuses for want of capacity (RESOURCE_EXHAUSTED) is asked again, on the
+same stream, with a jittered backoff, for a bounded time of its own: it is busy, not
+broken, and another region is only tried after that.
+
+Within a data client the stream holds one of its `StreamSlots` while open: it asks for
+one when it starts, waits its turn when none is free, and tells the slots (on the trio
+thread) when it turns idle, so that an idle stream can be closed for another or once
+idle too long. Without slots it never idles out.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -34,13 +43,15 @@ from fusefs.data.errors import (
     ChecksumError,
     DataError,
     GoneError,
+    OverloadedError,
     ProtocolError,
     RangeError,
     TransientError,
 )
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
-from fusefs.data.source import SourceCounters
+from fusefs.data.slots import StreamSlots
+from fusefs.data.source import SourceCounters, Waker
 from fusefs.proto import storage_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,10 @@ class StreamLimits:
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
     idle_timeout: float = 60.0  # close a stream nobody has used for this long
+    # RESOURCE_EXHAUSTED: the store is full, not broken; asked again for this long
+    busy_window: float = 20.0
+    busy_backoff_initial: float = 0.1
+    busy_backoff_max: float = 2.0  # before a random factor of 0.5-1.5: refused clients spread
 
 
 class _Call(Protocol):
@@ -111,11 +126,18 @@ class BidiStream:
         target: GrpcObject,
         size: int,
         limits: StreamLimits = StreamLimits(),
+        *,
+        slots: StreamSlots | None = None,
+        wake: Waker | None = None,
     ):
+        if (slots is None) != (wake is None):
+            raise ValueError("slots are told from the trio thread: give both or neither")
         self.target = target
         self.size = size
         self.limits = limits
         self.counters = SourceCounters()
+        self._slots = slots
+        self._wake = wake
         # Responses stay bytes (no deserializer): `decode_response` reads them in place.
         self._rpc: grpc.StreamStreamMultiCallable[pb.BidiReadObjectRequest, bytes] = (
             channel.stream_stream(  # type: ignore[call-arg]  # (the stubs lack this keyword)
@@ -136,28 +158,34 @@ class BidiStream:
         self._routing_token = target.routing_token
         self._failures = 0
         self._first_failure = 0.0
-        self._idle_timer: threading.Timer | None = None
+        self._refusals = 0  # RESOURCE_EXHAUSTED in a row
+        self._first_refusal = 0.0
 
     # -- the reader side -------------------------------------------------------
 
     def submit(self, ranges: list[RangeRead]) -> None:
-        """Send these ranges; opens the stream (again) if it is not open."""
+        """Send these ranges; opens the stream (again) if it is not open: at once when it
+        has or gets a slot, else when its turn comes. Call on the trio thread when the
+        stream has slots."""
         with self._lock:
             if self._closing.is_set():
                 raise DataError(f"{self.target.object}: stream closed")
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             batch = []
             for rr in ranges:
                 read_id = self._next_id
                 self._next_id += 1
                 self._pending[read_id] = rr
                 batch.append((read_id, rr))
-            if self._active is None:
-                self._start_locked()
-            else:
+            if self._active is not None:
                 self._send_locked(self._active, batch)
+            elif self._slots is None:
+                self._start_locked()
+            if self._slots is None or self._active is not None:
+                if self._slots is not None:
+                    self._slots.busy(self)
+                return
+        if self._slots.acquire(self):
+            self.start_granted()
 
     def abandon(self, rr: RangeRead) -> None:
         """A reader gave up on `rr`: stop resending it after breaks."""
@@ -165,17 +193,58 @@ class BidiStream:
             for read_id, pending in list(self._pending.items()):
                 if pending is rr:
                     del self._pending[read_id]
-            self._arm_idle_timer_locked()
+        self._settle()
 
     def close(self) -> None:
         with self._lock:
             self._closing.set()
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
             self._stop_locked()
             pending, self._pending = self._pending, {}
+        if self._slots is not None:
+            self._slots.release(self)
         for rr in pending.values():
             rr.fail(DataError(f"{self.target.object}: stream closed"))
+
+    # -- the slots' side (trio thread) -----------------------------------------
+
+    def start_granted(self) -> bool:
+        with self._lock:
+            if self._closing.is_set() or (self._active is None and not self._pending):
+                return False
+            if self._active is None:
+                self._start_locked()
+        if self._slots is not None:
+            self._slots.busy(self)
+        return True
+
+    def stop_idle(self) -> bool:
+        with self._lock:
+            if self._pending:
+                return False
+            if self._active is not None:
+                log.debug("%s: closing idle stream", self.target.object)
+                self._stop_locked()
+            return True
+
+    def _settle(self) -> None:
+        """After ranges finished or failed: tell the slots whether this stream is idle
+        (open, nothing outstanding) or done with its slot (closed, nothing outstanding)."""
+        slots = self._slots
+        if slots is None:
+            return
+        with self._lock:
+            if self._closing.is_set() or self._pending:
+                return
+            active = self._active is not None
+        if active:
+            slots.idle(self)
+        else:
+            slots.release(self)
+
+    def _notify(self) -> None:
+        """From the receive thread: have `_settle` run on the trio thread."""
+        if self._wake is not None:
+            self._wake(self._settle)
 
     @property
     def open(self) -> bool:
@@ -237,23 +306,6 @@ class BidiStream:
             gen.requests.put(None)
             gen.call.cancel()
 
-    def _arm_idle_timer_locked(self) -> None:
-        if self._pending or self._active is None or self._idle_timer is not None:
-            return
-        timer = threading.Timer(
-            self.limits.idle_timeout, self._close_if_idle, args=(self._active.number,)
-        )
-        timer.daemon = True
-        self._idle_timer = timer
-        timer.start()
-
-    def _close_if_idle(self, number: int) -> None:
-        with self._lock:
-            self._idle_timer = None
-            if self._active is not None and self._active.number == number and not self._pending:
-                log.debug("%s: closing idle stream", self.target.object)
-                self._stop_locked()
-
     # -- the receive thread ----------------------------------------------------
 
     def _receive(self, gen: _Generation) -> None:
@@ -277,6 +329,7 @@ class BidiStream:
 
     def _on_response(self, message: bytes) -> None:
         response = decode_response(message)
+        self._refusals = 0  # the store took the stream: no longer refused
         if response.metadata is not None:
             meta = response.metadata
             # Other bytes than the pinned listing promised: never serve them.
@@ -321,26 +374,63 @@ class BidiStream:
             if complete:
                 with self._lock:
                     self._pending.pop(read_id, None)
-                    self._arm_idle_timer_locked()
+                    idle = not self._pending
+                if idle:
+                    self._notify()
 
     def _after_break(self, gen: _Generation, outcome: _Break) -> None:
+        delay = self._retry_delay(gen, outcome)
+        if delay is None:
+            self._notify()  # closed with nothing outstanding: its slot is free
+            return
+        if self._closing.wait(delay):
+            return
+        with self._lock:
+            if self._active is None and self._pending and not self._closing.is_set():
+                self.counters.reopens += 1
+                self._start_locked()
+                return
+        self._notify()
+
+    def _retry_delay(self, gen: _Generation, outcome: _Break) -> float | None:
+        """Seconds until the stream reopens after `gen` ended, or None when it stays closed
+        (nothing outstanding, or every outstanding range failed)."""
         with self._lock:
             if self._active is not gen:
-                return
+                return None
             self._active = None
             for read_id, error in outcome.range_errors.items():
                 rr = self._pending.pop(read_id, None)
                 if rr is not None:
                     rr.fail(error)
             if not self._pending:
-                return
+                return None
             error = outcome.error or TransientError(
                 f"{self.target.object}: stream ended with ranges outstanding"
             )
             if not isinstance(error, TransientError):
                 self._fail_all_locked(error)
-                return
+                return None
             now = time.monotonic()
+            if isinstance(error, OverloadedError):
+                self.counters.refusals += 1
+                if self._refusals == 0:
+                    self._first_refusal = now
+                self._refusals += 1
+                if now - self._first_refusal > self.limits.busy_window:
+                    log.warning(
+                        "%s: still refused after %.0fs: %s",
+                        self.target.object,
+                        now - self._first_refusal,
+                        error,
+                    )
+                    self._refusals = 0
+                    self._fail_all_locked(error)
+                    return None
+                backoff = self.limits.busy_backoff_initial * 2.0 ** min(self._refusals - 1, 16)
+                delay = min(backoff, self.limits.busy_backoff_max) * random.uniform(0.5, 1.5)
+                log.info("%s: %s; asking again in %.2fs", self.target.object, error, delay)
+                return delay
             if self._failures == 0:
                 self._first_failure = now
             self._failures += 1
@@ -353,7 +443,7 @@ class BidiStream:
                 )
                 self._failures = 0
                 self._fail_all_locked(error)
-                return
+                return None
             if outcome.redirect is not None:
                 self.counters.redirects += 1
                 if outcome.redirect.HasField("routing_token"):
@@ -363,15 +453,11 @@ class BidiStream:
                 delay = 0.0
             else:
                 delay = min(
-                    self.limits.backoff_initial * 2 ** (self._failures - 1), self.limits.backoff_max
+                    self.limits.backoff_initial * 2.0 ** (self._failures - 1),
+                    self.limits.backoff_max,
                 )
             log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
-        if self._closing.wait(delay):
-            return
-        with self._lock:
-            if self._active is None and self._pending and not self._closing.is_set():
-                self.counters.reopens += 1
-                self._start_locked()
+            return delay
 
     def _fail_all_locked(self, error: DataError) -> None:
         pending, self._pending = self._pending, {}
@@ -410,6 +496,8 @@ def _classify(e: grpc.RpcError) -> _Break:
         return _Break(TransientError(message), redirect=redirect)
     if range_errors:
         return _Break(TransientError(message), range_errors=range_errors)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _Break(OverloadedError(message))
     if code in _GONE_CODES:
         return _Break(GoneError(message))
     if code in (

@@ -33,13 +33,13 @@ from fusefs.hub.client import Answer, HubError, RepoId
 
 log = logging.getLogger(__name__)
 
-MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●"}
+MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●", "empty": " "}
 _CDN = ""  # the winner value meaning "no region had it internally"
 
 
 @dataclass(frozen=True)
 class Resolution:
-    source: str  # local | peer | cdn | cache (whole and verified on local disk)
+    source: str  # local | peer | cdn | cache (whole and verified on local disk) | empty
     region: str  # the region whose endpoint serves it ("" for the public path)
     location: str
 

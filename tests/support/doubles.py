@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import crc32c
+import grpc
 import trio
 
 from fusefs.data.client import DataClient
@@ -19,6 +22,8 @@ from fusefs.data.errors import DataError
 from fusefs.data.source import SourceCounters
 from fusefs.hub.client import Answer, RepoId, RepoNotFound, Snapshot
 from fusefs.hub.listing import RepoFile
+from fusefs.proto import storage_pb2 as pb
+from fusefs.server.wire import data_response
 from fusefs.testing import sample_bytes
 
 CDN = "https://cdn.example.com/"
@@ -198,7 +203,8 @@ class FakeData(DataClient):
 
 class CraftedRpc:
     """Stands in for a channel's BidiReadObject method: every call answers with what
-    `respond(first_request)` yields (response messages as wire bytes), then ends."""
+    `respond(first_request, call)` yields (response messages as wire bytes), then ends.
+    `call.cancelled` is set when the client cancels it (a respond may wait on it)."""
 
     def __init__(self, respond):
         self.respond = respond
@@ -214,12 +220,56 @@ class CraftedCall:
     def __init__(self, requests, respond):
         self._requests = requests
         self._respond = respond
-        self.cancelled = False
+        self.cancelled = threading.Event()
 
     def __iter__(self):
         first = next(self._requests)
-        yield from self._respond(first)
+        yield from self._respond(first, self)
 
     def cancel(self):
-        self.cancelled = True
+        self.cancelled.set()
         return True
+
+
+class RefusingStore:
+    """A real BidiReadObject server on loopback that refuses its first `refusals` streams
+    with RESOURCE_EXHAUSTED, as a full store does, then serves `data` (one object)."""
+
+    def __init__(self, data: bytes, refusals: int):
+        self.data = data
+        self.refusals = refusals
+        self.refused = 0
+        self._lock = threading.Lock()
+        self.server = grpc.server(ThreadPoolExecutor(8))
+        handler = grpc.method_handlers_generic_handler(
+            "google.storage.v2.Storage",
+            {
+                "BidiReadObject": grpc.stream_stream_rpc_method_handler(
+                    self._serve,
+                    request_deserializer=pb.BidiReadObjectRequest.FromString,
+                    response_serializer=None,
+                )
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.location = f"grpc://127.0.0.1:{port}/home/acme/m/model.bin?generation=1"
+
+    def _serve(self, requests, context):
+        with self._lock:
+            refuse = self.refused < self.refusals
+            self.refused += refuse
+        if refuse:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+        for n, request in enumerate(requests):
+            if n == 0:
+                yield pb.BidiReadObjectResponse(
+                    metadata=pb.Object(size=len(self.data), generation=1)
+                ).SerializeToString()
+            for r in request.read_ranges:
+                chunk = self.data[r.read_offset : r.read_offset + r.read_length]
+                yield data_response(chunk, crc32c.crc32c(chunk), r.read_offset, r.read_id, True)
+
+    def stop(self):
+        self.server.stop(0)
