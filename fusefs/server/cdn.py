@@ -37,7 +37,7 @@ class Cdn:
     ) -> Reply | None:
         if not self.ctx.store.exists(repo):
             return error(404, "no such repo")
-        state = await trio.to_thread.run_sync(self.ctx.store.state, repo)
+        state = await trio.to_thread.run_sync(self.ctx.store.state_for_file, repo, commit, path)
         f = state.files.get(path)
         if commit != state.commit or f is None:
             return error(404, "no such file at that commit")

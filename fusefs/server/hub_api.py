@@ -53,8 +53,16 @@ class HubApi:
             return await self.model(req, repo, m[3] or "")
         return error(404, "no such route")
 
-    async def current(self, repo: RepoId, revision: str | None) -> RepoState:
-        state = await trio.to_thread.run_sync(self.ctx.store.state, repo)
+    async def current(
+        self, repo: RepoId, revision: str | None, path: str | None = None
+    ) -> RepoState:
+        """The repo's state at `revision` (404 when it is not the current one); a request
+        for one `path` at a pinned commit needs no walk of the repo."""
+        store = self.ctx.store
+        if path is None:
+            state = await trio.to_thread.run_sync(store.state, repo)
+        else:
+            state = await trio.to_thread.run_sync(store.state_for_file, repo, revision, path)
         if revision not in (None, "", "master", state.commit):
             raise error(404, f"revision {revision!r} of {repo} is not held by this store")
         return state
@@ -98,8 +106,9 @@ class HubApi:
         # the download URL: a probe
         region_name = req.headers.get(REGION_HEADER, "")
         self.ctx.stats.add("probes", region_name)
-        state = await self.current(repo, req.query.get("Revision"))
-        f = state.files.get(req.query.get("FilePath", ""))
+        file_path = req.query.get("FilePath", "")
+        state = await self.current(repo, req.query.get("Revision"), file_path)
+        f = state.files.get(file_path)
         if f is None:
             return error(404, "no such file")
         region = self.ctx.regions.get(region_name)

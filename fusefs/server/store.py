@@ -104,6 +104,17 @@ class Store:
                 self._digests[f.key] = known
         return known
 
+    def state_for_file(self, repo: RepoId, revision: str | None, path: str) -> RepoState:
+        """The state to answer a request for one file at `revision` with: the one known,
+        when it is that commit and the file is unchanged (one lstat); else `state`."""
+        with self._lock:
+            known = self._states.get(repo)
+        if known is not None and revision == known.commit:
+            f = known.files.get(path)
+            if f is not None and self.file(repo, path) == f:
+                return known
+        return self.state(repo)
+
     def state(self, repo: RepoId) -> RepoState:
         """Files, digests and commit id of the repo's current content (may hash: slow once)."""
         files = self.scan(repo)
