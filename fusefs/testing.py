@@ -290,9 +290,7 @@ def start_mount(
     the mount process's descriptor limit (see `run_cli`)."""
     path.mkdir(parents=True, exist_ok=True)
     log = log or path.with_name(path.name + ".log")
-    result = run_cli(
-        "mount", str(path), "--hub", hub, "--log-file", str(log), *args, nofile=nofile
-    )
+    result = run_cli("mount", str(path), "--hub", hub, "--log-file", str(log), *args, nofile=nofile)
     if result.returncode != 0:
         raise AssertionError(
             f"mount failed ({result.returncode}): {result.stderr}\n"
