@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
-from fusefs.data.errors import ProtocolError
+from fusefs.data.errors import GoneError, ProtocolError
 from fusefs.data.location import parse_grpc_url
 from fusefs.data.ranges import RangeRead, trio_waker
 from fusefs.data.reaper import Reaper
@@ -161,3 +161,55 @@ async def test_an_idle_stream_is_closed_by_the_reaper_not_by_a_timer_thread(chan
         finally:
             stream.close()
             nursery.cancel_scope.cancel()
+
+
+# -- a stream opened on a guess, confirmed by the probe -----------------------------
+
+
+def guessed_stream(channel, generation: int, gate: threading.Event):
+    """A stream to a guessed object (generation 0) whose store has `generation`; the
+    store's first answer waits for `gate`."""
+
+    def respond(first, call):
+        gate.wait(10)
+        yield pb.BidiReadObjectResponse(
+            metadata=pb.Object(size=SIZE, generation=generation)
+        ).SerializeToString()
+        for r in first.read_ranges:
+            data = bytes(r.read_length)
+            yield data_response(data, crc32c.crc32c(data), r.read_offset, r.read_id, True)
+        call.cancelled.wait(10)
+
+    target = parse_grpc_url("grpc://127.0.0.1:9/home/acme/m/model.bin?generation=0")
+    stream = BidiStream(channel, target, SIZE, FAST)
+    stream._rpc = CraftedRpc(respond)
+    return stream
+
+
+def test_a_guessed_stream_confirms_only_the_generation_its_store_reads(channel):
+    gate = threading.Event()
+    gate.set()
+    stream = guessed_stream(channel, 7, gate)
+    rr = RangeRead(0, 10, lambda fn: fn())
+    try:
+        stream.submit([rr])
+        settle(rr)
+        assert rr.done
+        assert not stream.confirm(8)
+        assert stream.confirm(7)
+    finally:
+        stream.close()
+
+
+def test_a_generation_confirmed_before_the_store_answers_is_enforced(channel):
+    gate = threading.Event()
+    stream = guessed_stream(channel, 7, gate)
+    rr = RangeRead(0, 10, lambda fn: fn())
+    try:
+        stream.submit([rr])
+        assert stream.confirm(5)  # nothing heard yet: pinned to what the probe said
+        gate.set()
+        settle(rr)
+        assert isinstance(rr.error, GoneError) and "generation 7" in str(rr.error)
+    finally:
+        stream.close()

@@ -154,3 +154,17 @@ async def test_missing_file_is_an_error():
 
     with pytest.raises(ResolveError):
         await Resolver(Missing({}), "a").resolve(REPO, "c1", "f")
+
+
+async def test_the_winners_naming_predicts_the_repos_other_files_never_the_cdn():
+    hub = ScriptedHub({"b": {"f", "d/g"}})
+    r = Resolver(hub, "a", ("b",))
+    assert r.predict(REPO, "c1", "f") is None  # nothing learned yet
+    await r.resolve(REPO, "c1", "f")
+    guess = r.predict(REPO, "c1", "d/g")
+    assert (guess.source, guess.region) == ("peer", "b")
+    assert guess.location == "grpc://b.store:443/b/acme/llm/d/g?generation=0"
+    assert r.predict(REPO, "c2", "d/g") is None  # another commit: nothing known
+    cdn = Resolver(ScriptedHub({}), "a", ("b",))
+    await cdn.resolve(REPO, "c1", "f")
+    assert cdn.predict(REPO, "c1", "g") is None

@@ -92,6 +92,15 @@ async def test_a_repo_found_by_one_lookup_serves_the_concurrent_ones():
         assert hub.snapshot_calls == [REPO]
 
 
+async def eventually(predicate) -> None:
+    """Wait (up to 5 s) until predicate() holds: for what worker threads do meanwhile."""
+    for _ in range(500):
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("not within 5 s")
+
+
 async def read_all(fs: Filesystem, path: str) -> bytes:
     node = await lookup_path(fs, path)
     fh = await fs.open(node.inode, os.O_RDONLY)
@@ -237,12 +246,8 @@ async def test_reopening_a_file_evicted_while_closed_opens_its_entry_off_the_tri
         monkeypatch.setattr(disk, "open_entry", recorded)
         assert await read_all(fs, "acme/llm/a.bin") == FILES["a.bin"]
         entry = fs.files.get((await lookup_path(fs, "acme/llm/a.bin")).inode).cached.path
-        for _ in range(500):  # closed: another mount may evict it once it is stored
-            if try_evict(entry) is not None:
-                break
-            await trio.sleep(0.01)
-        else:
-            raise AssertionError("the closed file's entry stayed in use")
+        # closed: another mount may evict it once it is stored
+        await eventually(lambda: try_evict(entry) is not None)
         assert await read_all(fs, "acme/llm/a.bin") == FILES["a.bin"]  # within the linger
         assert len(opened_on) == 2 and len(data.opened) == 1
         assert trio_thread not in opened_on
@@ -267,3 +272,78 @@ async def test_cache_descriptors_are_capped_beyond_which_files_read_uncached(tmp
         # the new file took the cache entry of the file released longest ago
         assert fs.files.get(nodes[0].inode) is None and fs.files.cached == 3
         assert fs.files.get((await lookup_path(fs, "acme/llm/f5.bin")).inode).cached is not None
+
+
+# -- the cheap open: a stream to the predicted location while the probe runs ---------
+
+
+async def test_with_the_region_known_the_stream_opens_on_the_predicted_location():
+    hub = ScriptedHub({"home": set(FILES)}, delay=0.01)
+    hub.add_repo(REPO, FILES)
+    async with filesystem(hub) as (fs, data):
+        assert await read_all(fs, "acme/llm/a.bin") == FILES["a.bin"]  # learns the region
+        assert data.guessed == []
+        assert await read_all(fs, "acme/llm/b.bin") == FILES["b.bin"]
+        (guess,) = data.guessed
+        assert guess.location == "grpc://home.store:443/home/acme/llm/b.bin?generation=0"
+        assert guess.confirmed == [1]  # the generation the probe named
+        assert guess.submitted[0][0] == 0  # its head was asked for at open
+        assert len(data.opened) == 2 and [c[1] for c in hub.calls] == ["a.bin", "b.bin"]
+
+
+async def test_a_wrong_guess_is_dropped_for_the_probed_location_and_never_served():
+    files = {"a.bin": FILES["a.bin"], "b.bin": FILES["b.bin"]}
+    hub = ScriptedHub({"home": {"a.bin"}, "peer": {"b.bin"}}, delay=0.01)
+    hub.add_repo(REPO, files)
+    async with FakeData(files) as data:
+        fs = Filesystem(Tree(), hub, Services(Resolver(hub, "home", ("peer",)), data))
+        try:
+            data.impostors.add("grpc://home.store")  # another object under b's name at home
+            assert await read_all(fs, "acme/llm/a.bin") != files["a.bin"]  # (as it is there)
+            assert await read_all(fs, "acme/llm/b.bin") == files["b.bin"]
+            (guess,) = data.guessed
+            assert guess.closed and guess.location.startswith("grpc://home.store")
+            assert data.opened[-1].location.startswith("grpc://peer.store")
+        finally:
+            fs.close()
+
+
+async def test_a_guess_at_another_generation_is_dropped(autojump_clock):
+    hub = ScriptedHub({"home": set(FILES)})
+    hub.add_repo(REPO, FILES)
+    async with filesystem(hub) as (fs, data):
+        await read_all(fs, "acme/llm/a.bin")
+        data.impostors.add("grpc://home.store:443/home/acme/llm/b.bin?generation=0")
+        assert await read_all(fs, "acme/llm/b.bin") == FILES["b.bin"]
+        (guess,) = data.guessed
+        assert guess.confirmed == [1] and guess.closed
+        assert data.opened[-1].location.endswith("b.bin?generation=1")
+
+
+async def test_nothing_fetched_on_a_guess_reaches_the_disk_cache_before_the_probe_confirms(
+    tmp_path,
+):
+    files = {"a.bin": FILES["a.bin"], "big.bin": bytes(range(256)) * 4096}
+    hub = ScriptedHub({"home": set(files)})
+    hub.add_repo(REPO, files)
+    async with cached_filesystem(hub, files, tmp_path / "cache") as (fs, data, disk):
+        await read_all(fs, "acme/llm/a.bin")
+        await eventually(lambda: disk.stats.written_bytes >= len(files["a.bin"]))  # stored
+        before = disk.stats.written_bytes
+        hub.delay = 0.2  # a slow probe: the guessed stream has its head long before
+        node = await lookup_path(fs, "acme/llm/big.bin")
+        handles = []
+
+        async def open_big():
+            handles.append(await fs.open(node.inode, os.O_RDONLY))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_big)
+            await trio.sleep(0.1)
+            (guess,) = data.guessed
+            assert guess.submitted and guess.submitted[0][0] == 0  # the head came at once ...
+            assert disk.stats.written_bytes == before  # ... and nothing of it was stored
+        assert guess.confirmed == [1]
+        await eventually(lambda: disk.stats.written_bytes > before)  # confirmed: now stored
+        assert bytes(await fs.read(handles[0], 0, 1000)) == files["big.bin"][:1000]
+        fs.release(handles[0])

@@ -14,6 +14,10 @@ size). For each range:
 With no network source (a sealed file, opened without asking the hub), a missing or
 damaged block raises GoneError: the mount then resolves the file and retries with
 the network. A failing cache disk never fails a read that the network can serve.
+
+A source made `trusted=False` (its network stream opened on a guess, before the probe
+confirmed where the file is) stores nothing until `trust()`: bytes that might belong
+to another object never reach the disk.
 """
 
 from __future__ import annotations
@@ -67,8 +71,13 @@ class CachedSource:
         network: RangeSource | None,
         nursery: trio.Nursery,
         wake: Callable[[Callable[[], None]], None],
+        *,
+        trusted: bool = True,
     ):
         self.block_size = cache.limits.block_size
+        self._trusted = trio.Event()
+        if trusted:
+            self._trusted.set()
         self.network = network
         self._cache = cache
         self._key, self._size, self._sha256 = key, size, sha256
@@ -110,8 +119,13 @@ class CachedSource:
             if sub is not rr:
                 sub.fail(DeadlineError("abandoned"))
 
+    def trust(self) -> None:
+        """What the network sends is this file's: store it from now on."""
+        self._trusted.set()
+
     def close(self) -> None:
         self._closed = True
+        self._trusted.set()  # stores waiting for it see the source closed and give up
         if self.network is not None:
             self.network.close()
         self._let_go()
@@ -278,6 +292,10 @@ class CachedSource:
             await self._store(entry, sub, run)
 
     async def _store(self, entry: Entry, src: RangeRead, blocks: range) -> None:
+        if not self._trusted.is_set():
+            await self._trusted.wait()
+        if self._closed:
+            return
         start, end = entry.layout.span(blocks)
         pieces = src.view(start, end)
         self._cache.stats.add(miss_bytes=end - start)
@@ -372,9 +390,17 @@ class FileCache:
         return is_sealed(self.disk.path_of(key), Layout(size, self.disk.limits.block_size), sha256)
 
     def source(
-        self, key: str, size: int, sha256: str | None, network: RangeSource | None
+        self,
+        key: str,
+        size: int,
+        sha256: str | None,
+        network: RangeSource | None,
+        *,
+        trusted: bool = True,
     ) -> CachedSource:
-        return CachedSource(self.disk, key, size, sha256, network, self._nursery, self._wake)
+        return CachedSource(
+            self.disk, key, size, sha256, network, self._nursery, self._wake, trusted=trusted
+        )
 
     key = staticmethod(cache_key)
 

@@ -1,7 +1,8 @@
 """One BidiReadObject stream per file, shared by every reader of that file.
 
 Requests go out through a queue that gRPC drains on its own thread; responses
-are consumed by one receive thread per stream generation, which checks each
+are consumed by one receive thread per stream generation (which also starts the
+call, and is reused for the next generation when there are `Receivers`); it checks each
 chunk (CRC32C, offset, bounds) and appends it to the `RangeRead` its `read_id`
 names. The receive thread never waits on a reader: it only appends and wakes.
 Responses arrive as the bytes gRPC received and are decoded by `decode`, so a
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 from urllib.parse import quote
 
@@ -50,6 +52,7 @@ from fusefs.data.errors import (
 )
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
+from fusefs.data.receivers import Receivers
 from fusefs.data.slots import StreamSlots
 from fusefs.data.source import SourceCounters, Waker
 from fusefs.proto import storage_pb2 as pb
@@ -96,8 +99,9 @@ _Requests = queue.SimpleQueue["pb.BidiReadObjectRequest | None"]
 @dataclass
 class _Generation:
     number: int
-    call: _Call
     requests: _Requests
+    metadata: tuple[tuple[str, str], ...]
+    call: _Call | None = None  # set by its receive thread, which starts it
     cancelled: bool = False  # by us: closing, idling, or superseded
 
 
@@ -129,6 +133,7 @@ class BidiStream:
         *,
         slots: StreamSlots | None = None,
         wake: Waker | None = None,
+        receivers: Receivers | None = None,
     ):
         if (slots is None) != (wake is None):
             raise ValueError("slots are told from the trio thread: give both or neither")
@@ -138,6 +143,7 @@ class BidiStream:
         self.counters = SourceCounters()
         self._slots = slots
         self._wake = wake
+        self._receivers = receivers
         # Responses stay bytes (no deserializer): `decode_response` reads them in place.
         self._rpc: grpc.StreamStreamMultiCallable[pb.BidiReadObjectRequest, bytes] = (
             channel.stream_stream(  # type: ignore[call-arg]  # (the stubs lack this keyword)
@@ -246,6 +252,16 @@ class BidiStream:
         if self._wake is not None:
             self._wake(self._settle)
 
+    def confirm(self, generation: int) -> bool:
+        """A stream opened on a guess (generation 0) is told the generation the probe
+        found: True when it reads that generation, or has not been told any by the
+        store yet (then it refuses any other); False when it reads another one."""
+        with self._lock:
+            if self._object_generation not in (0, generation):
+                return False
+            self._object_generation = generation
+            return True
+
     @property
     def open(self) -> bool:
         return self._active is not None
@@ -278,14 +294,18 @@ class BidiStream:
         params = "bucket=" + quote(self.target.bucket_path, safe="")
         if self._routing_token:
             params += "&routing_token=" + quote(self._routing_token, safe="")
-        call = self._rpc(_drain(requests), metadata=(("x-goog-request-params", params),))
-        gen = _Generation(self._generation, call, requests)
+        gen = _Generation(self._generation, requests, (("x-goog-request-params", params),))
         self._send_locked(gen, rest)
         self._active = gen
         self.counters.opens += 1
-        threading.Thread(
-            target=self._receive, args=(gen,), daemon=True, name=f"bidi-recv-{gen.number}"
-        ).start()
+        # The call is started by the thread that reads it: starting one (and gRPC's own
+        # request thread) blocks, and the caller is often the FUSE loop.
+        if self._receivers is not None:
+            self._receivers.run(partial(self._receive, gen))
+        else:
+            threading.Thread(
+                target=self._receive, args=(gen,), daemon=True, name=f"bidi-recv-{gen.number}"
+            ).start()
 
     @staticmethod
     def _send_locked(gen: _Generation, batch: list[tuple[int, RangeRead]]) -> None:
@@ -304,23 +324,36 @@ class BidiStream:
         if gen is not None:
             gen.cancelled = True
             gen.requests.put(None)
-            gen.call.cancel()
+            if gen.call is None:
+                pass  # its receive thread cancels it as soon as it has started it
+            elif self._receivers is not None:
+                # Cancelling waits for the call's lock, which its reader holds most of
+                # the time: ~0.4 ms of the FUSE loop per stream closed, unless done here.
+                self._receivers.run(gen.call.cancel)
+            else:
+                gen.call.cancel()
 
     # -- the receive thread ----------------------------------------------------
 
     def _receive(self, gen: _Generation) -> None:
+        """The receive thread of one generation: starts its call, reads it to the end."""
+        call = self._rpc(_drain(gen.requests), metadata=gen.metadata)
+        with self._lock:
+            gen.call = call
+            if gen.cancelled:
+                call.cancel()  # stopped before it started
         try:
-            for response in gen.call:
+            for response in call:
                 self._on_response(response)
             outcome = _Break(None)
         except grpc.RpcError as e:
             outcome = _classify(e)
         except ProtocolError as e:
             self.counters.bad_chunks += 1
-            gen.call.cancel()
+            call.cancel()
             outcome = _Break(e)
         except _Break as e:
-            gen.call.cancel()
+            call.cancel()
             outcome = e
         finally:
             gen.requests.put(None)  # lets gRPC's request thread finish
@@ -340,14 +373,15 @@ class BidiStream:
                         f"the pinned listing says {self.size}"
                     )
                 )
-            if self._object_generation and meta.generation != self._object_generation:
-                raise _Break(
-                    GoneError(
-                        f"{self.target.object}: generation {meta.generation}, "
-                        f"pinned {self._object_generation}"
+            with self._lock:  # `confirm` pins the generation from the trio thread
+                if self._object_generation and meta.generation != self._object_generation:
+                    raise _Break(
+                        GoneError(
+                            f"{self.target.object}: generation {meta.generation}, "
+                            f"pinned {self._object_generation}"
+                        )
                     )
-                )
-            self._object_generation = meta.generation
+                self._object_generation = meta.generation
         if response.read_handle is not None:
             self._read_handle = response.read_handle.handle
         for data in response.ranges:

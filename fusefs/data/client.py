@@ -20,13 +20,14 @@ import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
 from fusefs.data.http import HttpRangeSource
-from fusefs.data.location import location_kind, parse_grpc_url
+from fusefs.data.location import BadLocation, location_kind, parse_grpc_url
 from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import trio_waker
 from fusefs.data.reader import FileReader, ReadLimits
 from fusefs.data.reaper import Reaper
+from fusefs.data.receivers import Receivers
 from fusefs.data.slots import StreamSlots
-from fusefs.data.source import RangeSource, Waker
+from fusefs.data.source import GuessedSource, RangeSource, Waker
 
 MiB = 1 << 20
 DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
@@ -58,6 +59,7 @@ class DataClient:
         self.stream_limits = stream_limits
         self.reaper = Reaper()  # runs while the client is entered; others may add parts
         self.slots = StreamSlots(max_streams, stream_limits.idle_timeout, self.reaper)
+        self.receivers = Receivers(keep=max_streams)
         self.reaper.add(self.slots)
         self._wake: Waker | None = None
         self._channels: dict[tuple[str, bool], grpc.Channel] = {}
@@ -117,7 +119,16 @@ class DataClient:
             self.stream_limits,
             slots=self.slots,
             wake=self._wake,
+            receivers=self.receivers,
         )
+
+    def open_guess(self, location: str, size: int) -> GuessedSource:
+        """A stream to a predicted grpc location (generation 0: whichever the store has),
+        to be confirmed against the probe before a byte of it is used."""
+        stream = self.open_source(location, size)
+        if not isinstance(stream, BidiStream):
+            raise BadLocation(f"only a grpc location can be guessed: {location!r}")
+        return stream
 
     def reader(self, source: RangeSource, size: int, name: str, *, align: int = 1) -> FileReader:
         """A reader over `source`, charged to this client's budget; call from inside trio."""

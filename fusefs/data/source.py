@@ -55,6 +55,15 @@ class RangeSource(Protocol):
     def close(self) -> None: ...
 
 
+class GuessedSource(RangeSource, Protocol):
+    """A source opened on a predicted location, before the file's probe answered."""
+
+    def confirm(self, generation: int) -> bool:
+        """The probe named this very object at `generation`: True when the source reads
+        that generation (then it never serves another), False when it does not."""
+        ...
+
+
 class NoSource:
     """The source of a file with no bytes: a reader never asks it for anything."""
 

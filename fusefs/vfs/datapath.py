@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -30,6 +31,7 @@ from fusefs.cache.entry import EntryError
 from fusefs.cache.source import CachedSource, FileCache
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError, DeadlineError, GoneError, TransientError
+from fusefs.data.location import BadLocation, parse_grpc_url
 from fusefs.data.reader import FileReader
 from fusefs.data.source import NO_SOURCE, RangeSource, SourceCounters
 from fusefs.hub.client import HubError
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # What can go wrong while setting up a source: the hub, the location, the cache's disk.
 SETUP_ERRORS = (HubError, DataError, ValueError, OSError, EntryError)
+HEAD = 256 << 10  # asked for at open on a predicted stream: what a first read wants
 RERESOLVE_INTERVAL = 60.0  # "gone" again sooner than this after resolving again: an error
 FAILED_REGION_TTL = 60.0  # a region whose endpoint failed is skipped for this long
 
@@ -84,12 +87,14 @@ class DataPath:
             assert isinstance(reader.source, CachedSource)
             resolution = Resolution("cache", "", "file://" + reader.source.path)
         else:
-            f = file.file
-            resolution = await services.resolver.resolve(
-                file.snapshot.repo, file.snapshot.commit, f.path
-            )
-            network = services.data.open_source(resolution.location, f.size)
-            reader = await _reader(file, services, network)
+            f, snap = file.file, file.snapshot
+            guess = services.resolver.predict(snap.repo, snap.commit, f.path)
+            if guess is not None:
+                resolution, reader = await _open_on_guess(file, services, guess)
+            else:
+                resolution = await services.resolver.resolve(snap.repo, snap.commit, f.path)
+                network = services.data.open_source(resolution.location, f.size)
+                reader = await _reader(file, services, network)
         return cls(file, services, resolution, reader)
 
     @property
@@ -195,17 +200,73 @@ async def _sealed_reader(file: FileNode, services: Services) -> FileReader | Non
         return None
 
 
-async def _reader(file: FileNode, services: Services, network: RangeSource | None) -> FileReader:
-    """A reader for this file over `network`, through the disk cache when there is one.
-    A cache that fails here costs the caching, never the read."""
+async def _open_on_guess(
+    file: FileNode, services: Services, guess: Resolution
+) -> tuple[Resolution, FileReader]:
+    """Open: the file's probe, and meanwhile its stream to the predicted location with
+    its head asked for. The stream is kept only when the probe names that very object,
+    and the store reads it at the generation the probe gave; no byte of it is served
+    (or cached) before, since the open returns only then."""
+    f, snap = file.file, file.snapshot
+    probed: list[Resolution | Exception] = []
+
+    async def probe() -> None:
+        try:
+            probed.append(await services.resolver.resolve(snap.repo, snap.commit, f.path))
+        except SETUP_ERRORS as e:
+            probed.append(e)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        network = services.data.open_guess(guess.location, f.size)
+        reader = await _reader(file, services, network, trusted=False)
+        reader.prefetch(0, HEAD)
+    (outcome,) = probed
+    if isinstance(outcome, Exception):
+        reader.close()
+        raise outcome
+    if _same_object(outcome.location, guess.location) and network.confirm(
+        parse_grpc_url(outcome.location).generation
+    ):
+        if isinstance(cached := reader.source, CachedSource):
+            cached.trust()
+        return outcome, reader
+    log.info("%s: not where its repo's other files are; reopening", file.path)
+    reader.close()
+    probed_source = services.data.open_source(outcome.location, f.size)
+    return outcome, await _reader(file, services, probed_source)
+
+
+def _same_object(location: str, guessed: str) -> bool:
+    """Whether a probe's location names the guessed object (any generation), with no
+    routing of its own."""
+    try:
+        found, guess = parse_grpc_url(location), parse_grpc_url(guessed)
+    except BadLocation:
+        return False
+    return found.routing_token is None and (
+        found.endpoint,
+        found.bucket,
+        found.object,
+        found.tls,
+    ) == (guess.endpoint, guess.bucket, guess.object, guess.tls)
+
+
+async def _reader(
+    file: FileNode, services: Services, network: RangeSource | None, *, trusted: bool = True
+) -> FileReader:
+    """A reader for this file over `network`, through the disk cache when there is one
+    (storing nothing until trusted, see CachedSource). A cache that fails here costs the
+    caching, never the read."""
     f, cache, data = file.file, services.cache, services.data
     if cache is None:
         assert network is not None  # a disk-only reader needs a cache
         return data.reader(network, f.size, file.path)
+    key = _cache_key(file, cache)
     try:
         # Opening an entry may have to make room (evict), which walks the directory.
         source = await trio.to_thread.run_sync(
-            cache.source, _cache_key(file, cache), f.size, f.sha256, network
+            partial(cache.source, key, f.size, f.sha256, network, trusted=trusted)
         )
     except (OSError, EntryError) as e:
         if network is None:

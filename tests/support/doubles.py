@@ -149,15 +149,22 @@ class InstantSource:
     """Serves every range at once from memory: the reader's bookkeeping under test.
 
     `failures` are raised into the next ranges submitted (one error per range), and
-    `location` says where the data path that opened it thought it was reading from."""
+    `location` says where the data path that opened it thought it was reading from;
+    `generation` is the one the (pretend) store has, which `confirm` compares."""
 
-    def __init__(self, data: bytes, location: str = ""):
+    def __init__(self, data: bytes, location: str = "", generation: int = 1):
         self.data = data
         self.location = location
+        self.generation = generation
         self.counters = SourceCounters()
         self.submitted: list[tuple[int, int]] = []
         self.failures: list[DataError] = []
+        self.confirmed: list[int] = []
         self.closed = False
+
+    def confirm(self, generation: int) -> bool:
+        self.confirmed.append(generation)
+        return generation == self.generation
 
     @property
     def progress(self) -> int:
@@ -183,21 +190,33 @@ class InstantSource:
 
 class FakeData(DataClient):
     """The real data client, but every location it opens is served from memory:
-    `files` maps an object's path (the location's tail) to its bytes."""
+    `files` maps an object's path (the location's tail) to its bytes. Locations that
+    start with a prefix in `impostors` serve other bytes of the same size (another
+    object at that name), at generation 2."""
 
     def __init__(self, files: dict[str, bytes], **kwargs):
         super().__init__(**kwargs)
         self.files = files
         self.opened: list[InstantSource] = []
+        self.guessed: list[InstantSource] = []
         self.fail_next: dict[str, list[DataError]] = {}  # location prefix -> failures
+        self.impostors: set[str] = set()
 
     def open_source(self, location, size):
         path = next(p for p in self.files if location.split("?")[0].endswith("/" + p))
-        source = InstantSource(self.files[path], location)
+        data, generation = self.files[path], 1
+        if any(location.startswith(prefix) for prefix in self.impostors):
+            data, generation = bytes(255 - b for b in data), 2
+        source = InstantSource(data, location, generation)
         for prefix, failures in self.fail_next.items():
             if location.startswith(prefix):
                 source.failures, self.fail_next[prefix] = failures, []
         self.opened.append(source)
+        return source
+
+    def open_guess(self, location, size):
+        source = self.open_source(location, size)
+        self.guessed.append(source)
         return source
 
 
