@@ -329,7 +329,7 @@ class CachedSource:
                 if sealed is True:
                     self._sealed = True
                     self._cache.stats.add(sealed=1)
-                    log.info("cache: %s complete and verified", self._key)
+                    log.debug("cache: %s complete and verified", self._key)  # counted in status
                 elif sealed is False:
                     self._cache.stats.add(rejected=1)
                     log.error(
