@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from fusefs.cache.entry import Layout, is_sealed
 from fusefs.cache.store import CacheLimits, DiskCache, cache_key
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
 from fusefs.data.malloc_tuning import tune_malloc
@@ -686,13 +687,14 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
 
     # Sealed = complete and verified: read from the entries' headers, since the status
     # counter counts seal confirmations, which can exceed the files.
-    disk = DiskCache(cache, CacheLimits(size=0))  # path_of and is_complete only; never opened
+    disk = DiskCache(cache, CacheLimits(size=0))  # for path_of only; never opened
     expected = trio.run(cache_entries_of, b.server.hub, [big, *shards])
 
+    def sealed(key: str, size: int, sha256: str | None) -> bool:
+        return is_sealed(disk.path_of(key), Layout(size, disk.limits.block_size), sha256)
+
     def all_sealed(m: Mount) -> bool:
-        return m.status()["cache"]["sealed"] >= len(expected) and all(
-            disk.is_complete(*e) for e in expected
-        )
+        return m.status()["cache"]["sealed"] >= len(expected) and all(sealed(*e) for e in expected)
 
     log("disk cache: cold through the cache (filling it)")
     with b.modelfs_mount("cache-fill", *args) as m:
@@ -705,7 +707,7 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
         dc["shards_cold_fill_mb_s"] = read_files_mb_s([model / name for name in shards])
         dc["seal_wait_s"] = wait_until(lambda: all_sealed(m), SEAL_TIMEOUT)
         dc["fill_status"] = m.status()["cache"]
-    dc["files_sealed"] = sum(disk.is_complete(*e) for e in expected)
+    dc["files_sealed"] = sum(sealed(*e) for e in expected)
     if dc["seal_wait_s"] is None:
         log(
             f"disk cache: not all sealed within {SEAL_TIMEOUT:.0f} s: "
