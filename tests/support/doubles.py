@@ -80,13 +80,17 @@ class HostileHub:
                 self.end_headers()
                 if self.command == "HEAD":
                     return
-                if hub.trickle is None or status >= 300:
+                trickle = hub.trickle
+                if trickle is None or status >= 300:
                     self.wfile.write(body)
                     return
-                for i in range(len(body)):
-                    self.wfile.write(body[i : i + 1])
-                    self.wfile.flush()
-                    time.sleep(hub.trickle)
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(trickle)
+                except OSError:
+                    pass  # the client gave up on us: what a trickle is for
 
             def do_HEAD(self):
                 self.do_GET()
