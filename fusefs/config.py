@@ -177,6 +177,13 @@ class Settings:
         flag_name="--repo",
         repeatable=True,
     )
+    repo_type: str = _setting(
+        _choice("model", "dataset"),
+        "model",
+        ("MODELFS_REPO_TYPE",),
+        "Kind of repos this mount shows (one kind per mount, like the SDK's repo_type).",
+        "model|dataset",
+    )
     region: str | None = _setting(
         _region,
         None,

@@ -2,7 +2,7 @@
 
 mount(8) runs `mount.fuse.modelfs SOURCE MOUNTPOINT -o OPTIONS`. SOURCE may be
 the hub URL; OPTIONS carry settings as key=value (`hub=`, `repo=` repeatable,
-`region=`, `inter_regions=a:b`, `config=`, `memory=`, `read_timeout=`,
+`repo_type=`, `region=`, `inter_regions=a:b`, `config=`, `memory=`, `read_timeout=`,
 `allow_other`, `log_file=`). Generic mount options (noauto, _netdev, x-systemd.…)
 are for mount(8) and systemd and are ignored here. Example fstab line:
 
@@ -17,6 +17,7 @@ import sys
 _VALUED = {
     "hub": "--hub",
     "repo": "--repo",
+    "repo_type": "--repo-type",
     "region": "--region",
     "config": "--config",
     "inter_regions": "--inter-regions",

@@ -13,6 +13,12 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
 @click.command()
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option(
+    "--datasets",
+    type=click.Path(exists=True, file_okay=False),
+    metavar="DIR",
+    help="Also serve DIR/<owner>/<name>/<files…> as dataset repos.",
+)
+@click.option(
     "--http",
     "http_addr",
     default="127.0.0.1:8080",
@@ -63,6 +69,7 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
 )
 def serve(
     root: str,
+    datasets: str | None,
     http_addr: str,
     grpc_addr: str,
     region: str,
@@ -72,8 +79,9 @@ def serve(
     faults: bool,
     log_level: str,
 ) -> None:
-    """Serve ROOT/<owner>/<name>/<files…> as hub repos, over the hub HTTP API,
-    BidiReadObject gRPC and a CDN-style range route.
+    """Serve ROOT/<owner>/<name>/<files…> as hub repos (models; datasets from
+    --datasets DIR, laid out the same way), over the hub HTTP API, BidiReadObject
+    gRPC and a CDN-style range route.
 
     Prints `hub: http://HOST:PORT` and `grpc: HOST:PORT` (or one `grpc <region>:
     HOST:PORT` line per topology region) once listening.
@@ -81,6 +89,7 @@ def serve(
     \b
     Examples:
       modelfs serve ./models --http 127.0.0.1:8080
+      modelfs serve ./models --datasets ./datasets --http 127.0.0.1:8080
       modelfs serve ./models --http 0.0.0.0:8080 --topology regions.toml
     """
     logs.setup(log_level)
@@ -105,6 +114,7 @@ def serve(
         client_region=client_region,
         listing_limit=listing_limit,
         faults=faults,
+        datasets=datasets,
     )
     try:
         run_store(settings)

@@ -147,7 +147,7 @@ class StoreApp:
             return self._admin.route(req)
         if "authorization" in req.headers:  # lets tests see where credentials went
             self.ctx.stats.add("counts", "auth_cdn" if path.startswith("/cdn/") else "auth_api")
-        if path.startswith("/api/"):
+        if path.startswith(("/api/", "/openapi/")):
             return await self._hub.route(req)
         if path.startswith("/cdn/"):
             return await self._cdn.route(req, send)

@@ -46,6 +46,7 @@ class ServeSettings:
     client_region: str | None = None
     listing_limit: int = 3000
     faults: bool = False
+    datasets: str | None = None  # DIR/<owner>/<name>/<files…> served as dataset repos
 
 
 def start_grpc(
@@ -70,7 +71,7 @@ def start_grpc(
 def run_store(settings: ServeSettings) -> None:
     """Serve until SIGINT/SIGTERM; ServeError if a listener cannot start."""
     http_host, http_port = parse_host_port(settings.http, "--http")
-    store = Store(settings.root)
+    store = Store(settings.root, settings.datasets)
     stats = Stats()
     plan = FaultPlan() if settings.faults else None
     servers: list[grpc.Server] = []
@@ -125,7 +126,8 @@ async def _serve_http(app: StoreApp, host: str, port: int, topology: bool) -> No
         else:
             lines += [f"grpc: {addr}" for addr in ctx.grpc_addrs.values()]
         print("\n".join(lines), flush=True)
-        log.info("serving %s (pid %d)", ctx.store.root, os.getpid())
+        datasets = f" and datasets {ctx.store.datasets}" if ctx.store.datasets else ""
+        log.info("serving %s%s (pid %d)", ctx.store.root, datasets, os.getpid())
     log.info("stopped")
 
 

@@ -18,6 +18,9 @@ class Stats:
             self.grpc_bytes: Counter[str] = Counter()
             self.ranges: Counter[str] = Counter()
             self.counts: Counter[str] = Counter()  # hub_requests, cdn_requests, cdn_bytes
+            # the CDN route serving as a region's internal path (`?region=R`), by region
+            self.internal_http_requests: Counter[str] = Counter()
+            self.internal_http_bytes: Counter[str] = Counter()
 
     def add(self, counter: str, key: str, n: int = 1) -> None:
         with self._lock:
@@ -33,6 +36,10 @@ class Stats:
                 "hub_requests": self.counts["hub_requests"],
                 "cdn_requests": self.counts["cdn_requests"],
                 "cdn_bytes": self.counts["cdn_bytes"],
+                "internal_http": {
+                    "requests": dict(self.internal_http_requests),
+                    "bytes": dict(self.internal_http_bytes),
+                },
                 "requests_with_credentials": {
                     "api": self.counts["auth_api"],
                     "cdn": self.counts["auth_cdn"],

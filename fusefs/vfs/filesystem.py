@@ -119,7 +119,7 @@ class Filesystem:
             return self.tree.owner_dir(text)
         if parent.parent != ROOT_INODE or parent.snapshot is not None:
             raise not_found()
-        repo = RepoId(parent.name.decode(), text)
+        repo = self.hub.repo(parent.name.decode(), text)
         if self._unknown.get(repo, 0) > time.monotonic():
             raise not_found()
         while (pending := self._discovering.get(repo)) is not None:
