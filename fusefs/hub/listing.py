@@ -22,6 +22,11 @@ class RepoFile:
     size: int
     sha256: str | None
     mtime: int  # unix seconds
+    # Pinned by object-store listings (a bucket): the object generation read, and the
+    # hashes what is read must match.
+    generation: int | None = None
+    crc32c: int | None = None
+    md5: str | None = None  # hex
 
 
 def bad_name(name: str) -> str | None:
@@ -85,6 +90,11 @@ def parse_files(repo: str, entries: object) -> list[RepoFile]:
             if isinstance(mtime, int) and not isinstance(mtime, bool) and mtime > 0
             else 0,
         )
+    return tree_files(repo, files)
+
+
+def tree_files(repo: str, files: dict[str, RepoFile]) -> list[RepoFile]:
+    """Files by path, less those whose path is also a directory of others, in path order."""
     # A path that is a file and also a directory of other files cannot be both.
     dirs = {p.rsplit("/", i)[0] for p in files for i in range(1, p.count("/") + 1)}
     for path in sorted(dirs & files.keys()):
