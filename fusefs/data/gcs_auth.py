@@ -263,7 +263,8 @@ class TokenSource:
         self._credentials = credentials
         self._request = request or refresh_transport()
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state below; never held across I/O
+        self._refreshing = threading.Lock()
         self._stale = False  # refused by the service: refresh before the next use
         self._forced = False  # the token in hand replaced one the service refused
         self._failure: str | None = None
@@ -293,10 +294,14 @@ class TokenSource:
         with self._lock:
             if (token := self._usable_locked()) is not None:
                 return token
-            now = self._clock()
-            if self._failure is not None and now < self._retry_at:
-                raise AuthError(self._failure)
-            forced = self._stale
+        with self._refreshing:  # one refresh at a time; `_lock` stays free meanwhile
+            with self._lock:
+                if (token := self._usable_locked()) is not None:
+                    return token  # another caller refreshed it
+                now = self._clock()
+                if self._failure is not None and now < self._retry_at:
+                    raise AuthError(self._failure)
+                forced = self._stale
             try:
                 self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
                 token = self._credentials.token
@@ -304,19 +309,21 @@ class TokenSource:
                     raise ValueError("the token endpoint sent no usable token")
             except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as e:
                 message = f"storage credentials: cannot get a token ({_describe(e)})"
-                if message != self._failure:
-                    log.warning(
-                        "%s; storage requests fail for the next %.0fs",
-                        message,
-                        self.failure_backoff,
-                    )
-                self._failure, self._retry_at = message, now + self.failure_backoff
-                self.failures += 1
+                with self._lock:
+                    if message != self._failure:
+                        log.warning(
+                            "%s; storage requests fail for the next %.0fs",
+                            message,
+                            self.failure_backoff,
+                        )
+                    self._failure, self._retry_at = message, now + self.failure_backoff
+                    self.failures += 1
                 raise AuthError(message) from None
-            if self._failure is not None:
-                log.info("storage credentials: a token was obtained again")
-            self._failure, self._stale, self._forced = None, False, forced
-            self.refreshes += 1
+            with self._lock:
+                if self._failure is not None:
+                    log.info("storage credentials: a token was obtained again")
+                self._failure, self._stale, self._forced = None, False, forced
+                self.refreshes += 1
             return token
 
     def reject(self, token: str | None = None) -> bool:
@@ -377,7 +384,9 @@ class _Plugin(grpc.AuthMetadataPlugin):
     def __call__(
         self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
     ) -> None:
-        where = urlsplit(context.service_url)
+        # gRPC gives "<scheme>://HOST[:PORT]/<service>", the scheme sometimes empty.
+        netloc = context.service_url.partition("://")[2].partition("/")[0]
+        where = urlsplit("//" + netloc)
         try:
             port = where.port
         except ValueError:

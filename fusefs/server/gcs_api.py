@@ -158,7 +158,7 @@ class GcsApi:
         quoted = quote(name, safe="")
         generation = str(f.generation)
         stamp = _rfc3339(f.generation)
-        base = f"{self.ctx.base}"
+        base = self.ctx.base
         return {
             "kind": "storage#object",
             "id": f"{bucket}/{name}/{generation}",

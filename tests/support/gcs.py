@@ -15,13 +15,18 @@ import json
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import crc32c
+import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from fusefs.proto import storage_pb2 as pb
 
 GOOGLE_TOKEN_AUD = "https://oauth2.googleapis.com/token"
 READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -164,6 +169,12 @@ class TokenServer:
         with self._lock:
             self.revoked.add(token)
 
+    def valid(self, token: str) -> bool:
+        """What a storage service would say of `token` (issued, live, not revoked)."""
+        with self._lock:
+            expiry = self.expiry.get(token)
+            return expiry is not None and expiry > time.time() and token not in self.revoked
+
 
 def sa_environment(monkeypatch, tmp_path: Path, key_file: Path) -> None:
     """ADC finds exactly this key file: no gcloud config, no metadata server, no emulator."""
@@ -173,3 +184,80 @@ def sa_environment(monkeypatch, tmp_path: Path, key_file: Path) -> None:
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(gcloud))
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+
+
+class BidiBlobServer:
+    """`BidiReadObject` over a table of blobs, behind a bearer-token check: the gRPC side
+    of a storage service that wants credentials (the store's own gRPC listener does not
+    check tokens). Records the `authorization` each call carried."""
+
+    def __init__(self, blobs: dict[str, tuple[int, bytes]], accept, *, refuse=None) -> None:
+        self.blobs = blobs  # object name -> (generation, bytes)
+        self.accept = accept  # token -> bool
+        self.refuse = refuse  # a status code every call gets, e.g. UNIMPLEMENTED
+        self.seen: list[str | None] = []
+        self.served = 0  # calls that got past the token check
+        self.server = grpc.server(ThreadPoolExecutor(16, thread_name_prefix="test-bidi"))
+        handler = grpc.method_handlers_generic_handler(
+            "google.storage.v2.Storage",
+            {
+                "BidiReadObject": grpc.stream_stream_rpc_method_handler(
+                    self._serve,
+                    request_deserializer=pb.BidiReadObjectRequest.FromString,
+                    response_serializer=pb.BidiReadObjectResponse.SerializeToString,
+                )
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(0).wait(5)
+
+    def _serve(self, requests, context):
+        auth = dict(context.invocation_metadata()).get("authorization")
+        self.seen.append(auth)
+        if self.refuse is not None:
+            context.abort(self.refuse, "bidi reads are not supported for this bucket")
+        token = auth.removeprefix("Bearer ") if auth and auth.startswith("Bearer ") else None
+        if token is None or not self.accept(token):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid credentials")
+        self.served += 1
+        first = next(requests)
+        spec = first.read_object_spec
+        if spec.object not in self.blobs:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no object {spec.object}")
+        generation, data = self.blobs[spec.object]
+        if spec.generation and spec.generation != generation:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no generation {spec.generation}")
+        yield pb.BidiReadObjectResponse(
+            metadata=pb.Object(
+                name=spec.object, bucket=spec.bucket, generation=generation, size=len(data)
+            ),
+            read_handle=pb.BidiReadHandle(handle=b"h"),
+        )
+        for request in itertools.chain([first], requests):
+            for r in request.read_ranges:
+                offset = r.read_offset
+                end = offset + r.read_length if r.read_length else len(data)
+                while True:
+                    n = min(1 << 20, end - offset)
+                    chunk = data[offset : offset + n]
+                    yield pb.BidiReadObjectResponse(
+                        object_data_ranges=[
+                            pb.ObjectRangeData(
+                                checksummed_data=pb.ChecksummedData(
+                                    content=chunk, crc32c=crc32c.crc32c(chunk)
+                                ),
+                                read_range=pb.ReadRange(
+                                    read_offset=offset, read_length=n, read_id=r.read_id
+                                ),
+                                range_end=offset + n == end,
+                            )
+                        ]
+                    )
+                    offset += n
+                    if offset >= end:
+                        break
