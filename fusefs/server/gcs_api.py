@@ -45,6 +45,7 @@ from fusefs.server.store import StoredFile
 from fusefs.server.topology import Region
 
 CHUNK = 1 << 20
+HASH_INLINE_MAX = 64 << 20
 MAX_RESULTS = 1000
 MAX_TOKEN = 2048
 _BUCKET = re.compile(r"^/storage/v1/b/([^/]+)$")
@@ -231,9 +232,11 @@ class GcsApi:
                 first, last = parsed
                 status = 206
                 headers["content-range"] = f"bytes {first}-{last}/{size}"
-        # The hashes describe the whole object: computed for a whole read (the cost of
-        # the read itself), sent with a range only once known.
-        sums = await trio.to_thread.run_sync(lambda: store.checksums(f, compute=status == 200))
+        # The hashes describe the whole object: computed here for a whole read of a file
+        # small enough that hashing it first does not hold up its first byte; otherwise
+        # sent once known (a listing or metadata request computes them).
+        inline = status == 200 and size <= HASH_INLINE_MAX
+        sums = await trio.to_thread.run_sync(lambda: store.checksums(f, compute=inline))
         if sums is not None:
             headers["x-goog-hash"] = (
                 f"crc32c={_b64(sums[0].to_bytes(4, 'big'))},md5={_b64(sums[1])}"
@@ -323,16 +326,14 @@ class GcsApi:
             top = f"{repo}/"
             if after is not None and top < after and not after.startswith(top):
                 continue  # every name in this repo sorts before the cursor
-            files = self.ctx.store.scan(repo)
-            if not files:
-                continue
             if delimited and top.startswith(prefix) and len(top) > len(prefix):
                 # All of this repo's names collapse into one prefix that `top` decides.
                 key = top[: top.index("/", len(prefix)) + 1]
-                if key != emitted and (after is None or key > after):
+                if key != emitted and (after is None or key > after) and self.ctx.store.scan(repo):
                     emitted = key
                     yield key, None
                 continue
+            files = self.ctx.store.scan(repo)
             for rel in sorted(files):
                 name = top + rel
                 if not name.startswith(prefix):
