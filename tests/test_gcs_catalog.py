@@ -239,6 +239,12 @@ class ScriptedBucket:
 
             def media(self):
                 spec = bucket.media
+                if spec.get("redirect"):
+                    self.send_response(302)
+                    self.send_header("Location", spec["redirect"] + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                 if token in spec.get("refuse", ()):
                     self.send_response(401)
@@ -352,7 +358,7 @@ def test_bucket_urls():
 
 async def test_media_answers_that_are_not_the_pinned_object(tmp_path, monkeypatch):
     tokens = TokenServer()
-    bucket = ScriptedBucket()
+    bucket, elsewhere = ScriptedBucket(), ScriptedBucket()
     try:
         sa_environment(monkeypatch, tmp_path, tokens.key_file(tmp_path / "key.json"))
         auth = GcsAuth(GcsEndpoints.resolve(bucket.url, None, {}), load_credentials())
@@ -384,6 +390,20 @@ async def test_media_answers_that_are_not_the_pinned_object(tmp_path, monkeypatc
                 await read({"x-goog-hash": "crc32c=???"})
             with pytest.raises(ChecksumError):  # no hash header: the body itself is checked
                 await read({"body": b"0123456789abcdeX"}, crc32c=crc32c.crc32c(data))
+
+            # Another host named by the storage service: a redirect, links in a listing.
+            with pytest.raises(DataError, match="HTTP 302"):
+                await read({"redirect": elsewhere.url})
+            link = f"{elsewhere.url}/download/storage/v1/b/b/o/o%2Fr%2Ff.bin?alt=media"
+            bucket.pages[None] = {"items": [item("o/r/f.bin", mediaLink=link, selfLink=link)]}
+            async with GcsCatalog(BucketUrl.parse("gs://b"), auth) as catalog:
+                snap = await catalog.snapshot(RepoId("o", "r"))
+            bucket.media = good
+            assert await open_reader(obj, len(data), limits).read(0, 3) == b"012"
+        assert [f.path for f in snap.files] == ["f.bin"]
+        assert elsewhere.requests == []
+        assert all(a == f"Bearer {tokens.issued[1]}" for a in bucket.auth[-4:])
     finally:
         bucket.stop()
+        elsewhere.stop()
         tokens.stop()
