@@ -17,6 +17,7 @@ from typing import Any
 
 from fusefs.cache.store import DEFAULT_CACHE_SIZE, DEFAULT_MIN_FREE
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET
+from fusefs.data.gcs_auth import GrpcEndpoint, JsonEndpoint
 from fusefs.data.location import valid_region
 from fusefs.hub.client import RepoSpec
 
@@ -101,6 +102,14 @@ def _host_port(value: object) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return text
+
+
+def _gcs_endpoint(value: object) -> str:
+    return JsonEndpoint.parse(_text(value)).base
+
+
+def _gcs_grpc_endpoint(value: object) -> str:
+    return str(GrpcEndpoint.parse(_text(value)))
 
 
 def _choice(*options: str) -> Callable[[object], str]:
@@ -204,6 +213,22 @@ class Settings:
         ("MODELFS_TOKEN_FILE",),
         "File holding the hub token (MODELSCOPE_API_TOKEN is read too).",
         "PATH",
+    )
+    gcs_endpoint: str | None = _setting(
+        _gcs_endpoint,
+        None,
+        ("MODELFS_GCS_ENDPOINT",),
+        "Cloud Storage JSON API base URL [default: STORAGE_EMULATOR_HOST (then no "
+        "credentials are sent), else https://storage.googleapis.com]; HOST:PORT means http.",
+        "URL",
+    )
+    gcs_grpc_endpoint: str | None = _setting(
+        _gcs_grpc_endpoint,
+        None,
+        ("MODELFS_GCS_GRPC_ENDPOINT",),
+        "Cloud Storage gRPC endpoint [default: grpcs://storage.googleapis.com:443]; "
+        "grpcs:// means TLS, a bare HOST:PORT or grpc:// means none.",
+        "[grpcs://]HOST:PORT",
     )
     memory: int = _setting(
         _size,

@@ -86,5 +86,7 @@ def setup(level: str = "info", fmt: str = "text", secrets: tuple[str, ...] = ())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "hpack", "h2"):
+    # Transport libraries log requests at debug level: headers, and for google-auth
+    # token responses; never at ours.
+    for noisy in ("httpx", "httpcore", "hpack", "h2", "google", "urllib3", "requests"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

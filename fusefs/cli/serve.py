@@ -59,6 +59,13 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
     help="Most entries a recursive listing returns (clients walk subtrees for more).",
 )
 @click.option(
+    "--require-token",
+    metavar="FILE|URL",
+    help="Cloud Storage JSON API routes (/storage/v1, /download/storage/v1) want a bearer "
+    "token: one listed in FILE (one per line), or one an RFC 7662 introspection URL calls "
+    "active. Not applied to the hub API, the CDN route or gRPC.",
+)
+@click.option(
     "--faults", is_flag=True, help="Enable fault injection on /admin/faults (tests only)."
 )
 @click.option(
@@ -76,12 +83,14 @@ def serve(
     topology: str | None,
     client_region: str | None,
     listing_limit: int,
+    require_token: str | None,
     faults: bool,
     log_level: str,
 ) -> None:
     """Serve ROOT/<owner>/<name>/<files…> as hub repos (models; datasets from
     --datasets DIR, laid out the same way), over the hub HTTP API, BidiReadObject
-    gRPC and a CDN-style range route.
+    gRPC, a CDN-style range route and the Cloud Storage JSON API (bucket = region
+    name, objects `<owner>/<name>/<path>`).
 
     Prints `hub: http://HOST:PORT` and `grpc: HOST:PORT` (or one `grpc <region>:
     HOST:PORT` line per topology region) once listening.
@@ -115,6 +124,7 @@ def serve(
         listing_limit=listing_limit,
         faults=faults,
         datasets=datasets,
+        require_token=require_token,
     )
     try:
         run_store(settings)

@@ -25,6 +25,11 @@ class RepoFile:
     sha256: str | None
     mtime: int  # unix seconds
     revision: str | None = None  # the commit that last touched the file, as the hub says
+    # Pinned by object-store listings (a bucket): the object generation read, and the
+    # hashes what is read must match.
+    generation: int | None = None
+    crc32c: int | None = None
+    md5: str | None = None  # hex
 
 
 def bad_name(name: str) -> str | None:
@@ -57,14 +62,7 @@ def parse_files(repo: str, entries: object) -> list[RepoFile]:
     if not isinstance(entries, list):
         raise ValueError(f"{repo}: listing is not a list of files")
     files: dict[str, RepoFile] = {}
-    skipped = 0
-
-    def skip(message: str, *args: object) -> None:
-        nonlocal skipped
-        skipped += 1
-        if skipped <= LOGGED_SKIPS:
-            log.warning("%s: skipping " + message, repo, *args)
-
+    skip = Skips(repo)
     for entry in entries:
         if not isinstance(entry, dict):
             skip("listing entry that is not an object: %.80r", entry)
@@ -100,11 +98,33 @@ def parse_files(repo: str, entries: object) -> list[RepoFile]:
             if isinstance(revision, str) and _REVISION.fullmatch(revision.lower())
             else None,
         )
+    return tree_files(repo, files, skip)
+
+
+class Skips:
+    """Entries of one listing left out: the first few logged one by one, then a total."""
+
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+        self.count = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        self.count += 1
+        if self.count <= LOGGED_SKIPS:
+            log.warning("%s: skipping " + message, self.repo, *args)
+
+    def summary(self) -> None:
+        if self.count > LOGGED_SKIPS:
+            log.warning("%s: %d listing entries skipped in all", self.repo, self.count)
+
+
+def tree_files(repo: str, files: dict[str, RepoFile], skip: Skips | None = None) -> list[RepoFile]:
+    """Files by path, less those whose path is also a directory of others, in path order."""
+    skip = skip or Skips(repo)
     # A path that is a file and also a directory of other files cannot be both.
     dirs = {p.rsplit("/", i)[0] for p in files for i in range(1, p.count("/") + 1)}
     for path in sorted(dirs & files.keys()):
         skip("file %r: a directory of that name exists", path)
         del files[path]
-    if skipped > LOGGED_SKIPS:
-        log.warning("%s: %d listing entries skipped in all", repo, skipped)
+    skip.summary()
     return sorted(files.values(), key=lambda f: f.path)

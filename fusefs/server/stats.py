@@ -43,6 +43,12 @@ class Stats:
                 "requests_with_credentials": {
                     "api": self.counts["auth_api"],
                     "cdn": self.counts["auth_cdn"],
+                    "gcs": self.counts["auth_gcs"],
+                },
+                "gcs": {
+                    "requests": self.counts["gcs_requests"],
+                    "refused": self.counts["gcs_refused"],
+                    "bytes": self.counts["gcs_bytes"],
                 },
                 "faults_injected": dict(faults_injected),
             }

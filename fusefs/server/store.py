@@ -18,6 +18,8 @@ import stat
 import threading
 from dataclasses import dataclass
 
+import crc32c
+
 from fusefs.hub.client import RepoId, valid_repo_part
 
 HASH_BLOCK = 4 << 20
@@ -47,6 +49,7 @@ class Store:
         self.root = os.path.abspath(root)
         self.datasets = os.path.abspath(datasets) if datasets is not None else None
         self._digests: dict[tuple[int, int, int, int], str] = {}
+        self._checksums: dict[tuple[int, int, int, int], tuple[int, bytes]] = {}
         self._states: dict[RepoId, RepoState] = {}
         self._lock = threading.Lock()
 
@@ -117,6 +120,22 @@ class Store:
             known = h.hexdigest()
             with self._lock:
                 self._digests[f.key] = known
+        return known
+
+    def checksums(self, f: StoredFile, *, compute: bool = True) -> tuple[int, bytes] | None:
+        """(CRC32C, MD5 digest) of the file, as Cloud Storage describes objects; cached
+        like `digest`. None when not known yet and `compute` is False."""
+        with self._lock:
+            known = self._checksums.get(f.key)
+        if known is None and compute:
+            crc, md5 = 0, hashlib.md5(usedforsecurity=False)
+            with open(f.abspath, "rb") as fh:
+                while block := fh.read(HASH_BLOCK):
+                    crc = crc32c.crc32c(block, crc)
+                    md5.update(block)
+            known = (crc, md5.digest())
+            with self._lock:
+                self._checksums[f.key] = known
         return known
 
     def state(self, repo: RepoId) -> RepoState:
