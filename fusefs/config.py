@@ -17,6 +17,7 @@ from typing import Any
 
 from fusefs.cache.store import DEFAULT_CACHE_SIZE, DEFAULT_MIN_FREE
 from fusefs.data.client import DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET
+from fusefs.data.gcs_auth import GrpcEndpoint, JsonEndpoint
 from fusefs.data.location import valid_region
 from fusefs.hub.client import RepoSpec
 from fusefs.vfs.openfiles import DEFAULT_LINGER
@@ -124,6 +125,14 @@ def _host_port(value: object) -> str:
     return text
 
 
+def _gcs_endpoint(value: object) -> str:
+    return JsonEndpoint.parse(_text(value)).base
+
+
+def _gcs_grpc_endpoint(value: object) -> str:
+    return str(GrpcEndpoint.parse(_text(value)))
+
+
 def _choice(*options: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         text = _text(value).lower()
@@ -198,6 +207,13 @@ class Settings:
         flag_name="--repo",
         repeatable=True,
     )
+    repo_type: str = _setting(
+        _choice("model", "dataset"),
+        "model",
+        ("MODELFS_REPO_TYPE",),
+        "Kind of repos this mount shows (one kind per mount, like the SDK's repo_type).",
+        "model|dataset",
+    )
     region: str | None = _setting(
         _region,
         None,
@@ -218,6 +234,22 @@ class Settings:
         ("MODELFS_TOKEN_FILE",),
         "File holding the hub token (MODELSCOPE_API_TOKEN is read too).",
         "PATH",
+    )
+    gcs_endpoint: str | None = _setting(
+        _gcs_endpoint,
+        None,
+        ("MODELFS_GCS_ENDPOINT",),
+        "Cloud Storage JSON API base URL [default: STORAGE_EMULATOR_HOST (then no "
+        "credentials are sent), else https://storage.googleapis.com]; HOST:PORT means http.",
+        "URL",
+    )
+    gcs_grpc_endpoint: str | None = _setting(
+        _gcs_grpc_endpoint,
+        None,
+        ("MODELFS_GCS_GRPC_ENDPOINT",),
+        "Cloud Storage gRPC endpoint [default: grpcs://storage.googleapis.com:443]; "
+        "grpcs:// means TLS, a bare HOST:PORT or grpc:// means none.",
+        "[grpcs://]HOST:PORT",
     )
     memory: int = _setting(
         _size,

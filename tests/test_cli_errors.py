@@ -58,11 +58,24 @@ def test_already_mounted_mountpoint(server, tmp_path):
         (["--cache-size", "0"], "--cache-size"),
         (["--cache-min-free", "much"], "--cache-min-free"),
         (["--cache-dir", "/proc/version/cache"], "cache directory /proc/version/cache"),
+        (["--gcs-endpoint", "ftp://storage"], "--gcs-endpoint"),
+        (["--gcs-grpc-endpoint", "storage.googleapis.com"], "--gcs-grpc-endpoint"),
     ],
 )
 def test_bad_settings(server, tmp_path, args, words):
     one_line_error(run_cli("mount", str(tmp_path), "--hub", server.hub, *args), words)
     assert not is_mounted(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--require-token", "/nonexistent/tokens"], "token file /nonexistent/tokens"),
+        (["--require-token", "http://user@host/introspect"], "bad introspection URL"),
+    ],
+)
+def test_bad_serve_settings(tmp_path, args, words):
+    one_line_error(run_cli("serve", str(tmp_path), "--http", "127.0.0.1:0", *args), words)
 
 
 def test_bad_config_file(server, tmp_path):

@@ -101,9 +101,12 @@ def test_fstab_options_translate_to_a_mount_command():
 FSTAB_EXAMPLES = {
     "hub": ("hub=http://hub:8080", "http://hub:8080"),
     "repos": ("repo=a/b", ("a/b",)),
+    "repo_type": ("repo_type=dataset", "dataset"),
     "region": ("region=cn-a", "cn-a"),
     "inter_regions": ("inter_regions=cn-b:cn-c", ("cn-b", "cn-c")),
     "token_file": ("token_file=/etc/modelfs/token", "/etc/modelfs/token"),
+    "gcs_endpoint": ("gcs_endpoint=http://127.0.0.1:4443", "http://127.0.0.1:4443"),
+    "gcs_grpc_endpoint": ("gcs_grpc_endpoint=127.0.0.1:4443", "grpc://127.0.0.1:4443"),
     "memory": ("memory=512M", 512 << 20),
     "cache_dir": ("cache_dir=/var/cache/modelfs", "/var/cache/modelfs"),
     "cache_size": ("cache_size=200G", 200 << 30),

@@ -45,12 +45,12 @@ def fresh(store):
 
 
 def commit_of(http, repo="acme/m") -> str:
-    data = http.get(f"/api/v1/models/{repo}/revisions").json()["Data"]
-    return data["RevisionMap"]["Branches"][0]["CommitId"]
+    data = http.get(f"/api/v1/models/{repo}/commits", params={"Ref": "master"}).json()["Data"]
+    return data["Commit"][0]["Id"]
 
 
 def probe(http, path, region=None, revision="master", repo="acme/m", method="HEAD"):
-    headers = {"x-aliyun-region-id": region} if region else {}
+    headers = {"x-aliyun-region-id": region, "x-modelfs-accept": "grpc"} if region else {}
     return http.request(
         method,
         f"/api/v1/models/{repo}/repo",
@@ -202,7 +202,8 @@ def test_cdn_ranges(fresh):
 def test_client_region_endpoint(fresh):
     _, _, http = fresh
     info = http.get("/api/v1/repos/internalAccelerationInfo").json()["Data"]
-    assert http.get(info["RegionQueryAddress"]).status_code == 404  # topology, no --client-region
+    assert info == {}  # a topology without --client-region has no region to tell
+    assert http.get("/api/v1/repos/regionId").status_code == 404
 
 
 # -- BidiReadObject ----------------------------------------------------------------

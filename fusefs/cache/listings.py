@@ -4,7 +4,8 @@ When a mount pins `owner/name@revision`, the listing it got is saved here; when 
 hub cannot be reached at the next mount, the saved listing is used instead (with a
 warning), and every sealed file in it reads from disk with no network at all.
 
-    DIR/v1/listings/<owner>/<name>@<revision>.json
+    DIR/v1/listings/<owner>/<name>@<revision>.json          (models)
+    DIR/v1/listings/_datasets/<owner>/<name>@<revision>.json  (datasets)
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from fusefs.hub.listing import parse_files
 def _path(directory: str | os.PathLike[str], spec: RepoSpec) -> Path:
     # Revisions may hold '/' (branch names): keep the file name one component.
     revision = spec.revision.replace("/", "%2F")
-    return (
-        Path(directory) / "v1" / "listings" / spec.repo.owner / f"{spec.repo.name}@{revision}.json"
-    )
+    owner, _, name = spec.repo.key.rpartition("/")  # a model and a dataset never share one
+    return Path(directory) / "v1" / "listings" / owner / f"{name}@{revision}.json"
 
 
 def save_listing(directory: str | os.PathLike[str], snap: Snapshot) -> None:
@@ -32,7 +32,13 @@ def save_listing(directory: str | os.PathLike[str], snap: Snapshot) -> None:
     body = {
         "commit": snap.commit,
         "files": [
-            {"Path": f.path, "Size": f.size, "Sha256": f.sha256, "CommittedDate": f.mtime}
+            {
+                "Path": f.path,
+                "Size": f.size,
+                "Sha256": f.sha256,
+                "CommittedDate": f.mtime,
+                "Revision": f.revision,
+            }
             for f in snap.files
         ],
     }

@@ -3,7 +3,7 @@
 mount(8) runs `mount.fuse.modelfs SOURCE MOUNTPOINT -o OPTIONS`. SOURCE may be
 the hub URL; OPTIONS carry settings as key=value, one for every setting of
 `modelfs mount` under the name of its flag with '_' for '-' (`hub=`, `repo=`
-repeatable, `region=`, `inter_regions=a:b`, `cache_dir=`, `memory=`, ...: see
+repeatable, `repo_type=`, `region=`, `inter_regions=a:b`, `cache_dir=`, ...: see
 `fusefs.config.SETTINGS`), plus `config=` and `log_file=`. A boolean setting may be
 given bare (`allow_other`). Lists take ':' between items, since ',' separates
 mount options. Generic mount options (noauto, _netdev, x-systemd.…) are for

@@ -49,6 +49,7 @@ def mount(
     \b
     Examples:
       modelfs mount /models --hub http://127.0.0.1:8080 --repo Qwen/Qwen3-8B
+      modelfs mount /datasets --hub http://127.0.0.1:8080 --repo-type dataset
       modelfs mount /models --hub http://hub:8080 --repo acme/llm@v1.0 --region cn-hangzhou \\
           --inter-regions cn-beijing,cn-shanghai --foreground
     """
@@ -61,7 +62,8 @@ def mount(
     settings = MountSettings(
         mountpoint=mountpoint,
         hub=given.hub,
-        repos=tuple(RepoSpec.parse(r) for r in given.repos),
+        repos=tuple(RepoSpec.parse(r, given.repo_type) for r in given.repos),
+        repo_type=given.repo_type,
         region=given.region,
         peers=given.inter_regions,
         token=token,

@@ -13,6 +13,12 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
 @click.command()
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option(
+    "--datasets",
+    type=click.Path(exists=True, file_okay=False),
+    metavar="DIR",
+    help="Also serve DIR/<owner>/<name>/<files…> as dataset repos.",
+)
+@click.option(
     "--http",
     "http_addr",
     default="127.0.0.1:8080",
@@ -53,6 +59,13 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
     help="Most entries a recursive listing returns (clients walk subtrees for more).",
 )
 @click.option(
+    "--require-token",
+    metavar="FILE|URL",
+    help="Cloud Storage JSON API routes (/storage/v1, /download/storage/v1) want a bearer "
+    "token: one listed in FILE (one per line), or one an RFC 7662 introspection URL calls "
+    "active. Not applied to the hub API, the CDN route or gRPC.",
+)
+@click.option(
     "--faults", is_flag=True, help="Enable fault injection on /admin/faults (tests only)."
 )
 @click.option(
@@ -63,17 +76,21 @@ from fusefs.server.topology import Region, TopologyError, load, parse_host_port
 )
 def serve(
     root: str,
+    datasets: str | None,
     http_addr: str,
     grpc_addr: str,
     region: str,
     topology: str | None,
     client_region: str | None,
     listing_limit: int,
+    require_token: str | None,
     faults: bool,
     log_level: str,
 ) -> None:
-    """Serve ROOT/<owner>/<name>/<files…> as hub repos, over the hub HTTP API,
-    BidiReadObject gRPC and a CDN-style range route.
+    """Serve ROOT/<owner>/<name>/<files…> as hub repos (models; datasets from
+    --datasets DIR, laid out the same way), over the hub HTTP API, BidiReadObject
+    gRPC, a CDN-style range route and the Cloud Storage JSON API (bucket = region
+    name, objects `<owner>/<name>/<path>`).
 
     Prints `hub: http://HOST:PORT` and `grpc: HOST:PORT` (or one `grpc <region>:
     HOST:PORT` line per topology region) once listening.
@@ -81,6 +98,7 @@ def serve(
     \b
     Examples:
       modelfs serve ./models --http 127.0.0.1:8080
+      modelfs serve ./models --datasets ./datasets --http 127.0.0.1:8080
       modelfs serve ./models --http 0.0.0.0:8080 --topology regions.toml
     """
     logs.setup(log_level)
@@ -105,6 +123,8 @@ def serve(
         client_region=client_region,
         listing_limit=listing_limit,
         faults=faults,
+        datasets=datasets,
+        require_token=require_token,
     )
     try:
         run_store(settings)

@@ -33,3 +33,8 @@ class RangeError(DataError):
 
 class DeadlineError(TransientError):
     """The read did not complete within its deadline."""
+
+
+class AuthError(DataError):
+    """No credentials for the storage service, or it refused them: asking again at once
+    cannot help, so the data path never retries it."""

@@ -98,13 +98,30 @@ class HttpRangeSource:
             finally:
                 self._scopes.pop(rr, None)
 
+    # Hooks for a source that speaks a protocol over these GETs (gcs_media.py).
+
+    async def _request_headers(self) -> dict[str, str]:
+        """Headers to send besides Range (credentials, for instance)."""
+        return {}
+
+    def _check_response(self, response: httpx.Response, first: int, last: int) -> None:
+        """Checks before the generic ones (status, Content-Range); raise DataError to refuse."""
+
+    async def _consume(self, response: httpx.Response, rr: RangeRead, first: int) -> None:
+        """Feed the body to `rr` as it streams in."""
+        pos = first
+        async for data in response.aiter_bytes():
+            self.counters.bytes += len(data)
+            rr.feed(pos, data)  # ProtocolError on anything past what was asked
+            pos += len(data)
+
     async def _get(self, rr: RangeRead) -> None:
         first, last = rr.next_offset, rr.end - 1
         self.counters.requests += 1
         try:
-            async with self._http.stream(
-                "GET", self.url, headers={"Range": f"bytes={first}-{last}"}
-            ) as response:
+            headers = {**await self._request_headers(), "Range": f"bytes={first}-{last}"}
+            async with self._http.stream("GET", self.url, headers=headers) as response:
+                self._check_response(response, first, last)
                 if response.status_code in (403, 404, 410):
                     raise GoneError(f"{self.url}: HTTP {response.status_code}")
                 if response.status_code >= 500 or response.status_code == 429:
@@ -114,11 +131,7 @@ class HttpRangeSource:
                 _check_content_range(
                     response.headers.get("content-range", ""), first, last, self.size
                 )
-                pos = first
-                async for data in response.aiter_bytes():
-                    self.counters.bytes += len(data)
-                    rr.feed(pos, data)  # ProtocolError on anything past what was asked
-                    pos += len(data)
+                await self._consume(response, rr, first)
         except httpx.HTTPError as e:
             raise TransientError(f"{self.url}: {e.__class__.__name__}: {e}") from None
         if not rr.done:

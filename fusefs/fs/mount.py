@@ -53,6 +53,7 @@ class MountSettings:
     mountpoint: str
     hub: str
     repos: tuple[RepoSpec, ...] = ()
+    repo_type: str = "model"  # every repo of the mount is of this kind
     region: str | None = None
     peers: tuple[str, ...] = ()
     token: str | None = None
@@ -193,7 +194,7 @@ def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: No
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
     fd_limit = raise_descriptor_limit()
     async with (
-        HubClient(settings.hub, token=settings.token) as hub,
+        HubClient(settings.hub, token=settings.token, repo_type=settings.repo_type) as hub,
         DataClient(
             memory_budget=settings.memory_budget,
             read_limits=settings.read_limits,
@@ -216,6 +217,7 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
         view: dict[str, object] = {
             "mountpoint": mountpoint,
             "hub": settings.hub,
+            "repo_type": settings.repo_type,
             "region": region,
             "inter_regions": list(settings.peers),
             "memory_budget": settings.memory_budget,

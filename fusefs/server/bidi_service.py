@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from fusefs.data.location import BUCKET_PREFIX
-from fusefs.hub.client import RepoId
+from fusefs.hub.client import split_key
 from fusefs.proto import storage_pb2 as pb
 from fusefs.server.faults import Fault, FaultPlan
 from fusefs.server.stats import Stats
@@ -195,10 +195,14 @@ class BidiReadService:
     def _open(self, spec: pb.BidiReadObjectSpec) -> StoredFile:
         if spec.bucket != self.bucket:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no bucket {spec.bucket!r} here")
-        owner, _, rest = spec.object.partition("/")
-        name, _, path = rest.partition("/")
-        repo = RepoId(owner, name)
-        if not path or not self.store.exists(repo) or not self.region.holds(str(repo)):
+        named = split_key(spec.object)  # <owner>/<name>/<path>, datasets under _datasets/
+        repo, path = named if named else (None, "")
+        if (
+            repo is None
+            or not path
+            or not self.store.exists(repo)
+            or not self.region.holds(str(repo))
+        ):
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no object {spec.object!r} in {self.bucket}")
         f = self.store.file(repo, path)
         if f is None:

@@ -1,6 +1,13 @@
 """The store's CDN-style route: a file's bytes at a commit, one `Range` at a time.
 
-GET|HEAD /cdn/{owner}/{name}/{commit}/{path}            file bytes, single Range supported
+GET|HEAD /cdn/{repo key}/{commit}/{path}[?region=R]      file bytes, single Range supported
+
+The repo key is `owner/name` for a model, `_datasets/owner/name` for a dataset
+(`RepoId.key`). With `region=R` the route is region R's internal path, handed to
+clients that send a region header but read no grpc:// locations: R must hold the
+repo, and what it serves is counted as R's (`internal_http` in the stats).
+Answers carry the file's sha256 as `ETag` and `X-Linked-ETag` (the header the
+ModelScope SDK checks downloads against).
 """
 
 from __future__ import annotations
@@ -8,16 +15,15 @@ from __future__ import annotations
 import os
 import re
 from typing import Literal
-from urllib.parse import unquote
 
 import trio
 from hypercorn.typing import ASGISendCallable
 
-from fusefs.hub.client import RepoId
+from fusefs.hub.client import RepoId, split_key
 from fusefs.server.http import Reply, Request, StoreContext, error, send_body, send_start
 
 CDN_CHUNK = 1 << 20
-_CDN = re.compile(r"^/cdn/([^/]+)/([^/]+)/([0-9a-f]{40})/(.+)$")
+_CDN = re.compile(r"^/cdn/((?:_datasets/)?[^/]+/[^/]+)/([0-9a-f]{40})/(.+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -26,10 +32,10 @@ class Cdn:
         self.ctx = ctx
 
     async def route(self, req: Request, send: ASGISendCallable) -> Reply | None:
-        if m := _CDN.match(req.path):
-            return await self.cdn(
-                req, send, RepoId(unquote(m[1]), unquote(m[2])), m[3], unquote(m[4])
-            )
+        # The path is already percent-decoded (ASGI): decoding it again would turn
+        # a name's literal '%2e' into '.'.
+        if (m := _CDN.match(req.path)) and (named := split_key(m[1])):
+            return await self.cdn(req, send, named[0], m[2], m[3])
         return error(404, "no such route")
 
     async def cdn(
@@ -37,6 +43,11 @@ class Cdn:
     ) -> Reply | None:
         if not self.ctx.store.exists(repo):
             return error(404, "no such repo")
+        region = req.query.get("region")
+        if region is not None:
+            held = self.ctx.regions.get(region)
+            if held is None or not held.holds(str(repo)):
+                return error(404, f"region {region!r} holds no {repo.key}")
         state = await trio.to_thread.run_sync(self.ctx.store.state_for_file, repo, commit, path)
         f = state.files.get(path)
         if commit != state.commit or f is None:
@@ -46,6 +57,7 @@ class Cdn:
         size = f.size
         headers = {
             "etag": f'"{state.digests[path]}"',
+            "x-linked-etag": state.digests[path],
             "accept-ranges": "bytes",
             "content-type": "application/octet-stream",
         }
@@ -59,7 +71,10 @@ class Cdn:
                 status = 206
                 headers["content-range"] = f"bytes {first}-{last}/{size}"
         length = last - first + 1 if size else 0
-        self.ctx.stats.add("counts", "cdn_requests")
+        if region is not None:
+            self.ctx.stats.add("internal_http_requests", region)
+        else:
+            self.ctx.stats.add("counts", "cdn_requests")
         await send_start(send, status, {**headers, "content-length": str(length)})
         if req.method == "HEAD" or length == 0:
             await send_body(send, b"")
@@ -71,7 +86,10 @@ class Cdn:
                 n = min(CDN_CHUNK, last + 1 - pos)
                 data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
                 pos += len(data)
-                self.ctx.stats.add("counts", "cdn_bytes", len(data))
+                if region is not None:
+                    self.ctx.stats.add("internal_http_bytes", region, len(data))
+                else:
+                    self.ctx.stats.add("counts", "cdn_bytes", len(data))
                 await send_body(send, data, more=pos <= last)
         finally:
             os.close(fd)

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from hypercorn.typing import (
@@ -27,6 +28,9 @@ from fusefs.server.stats import Stats
 from fusefs.server.store import Store
 from fusefs.server.topology import Region
 
+if TYPE_CHECKING:
+    from fusefs.server.bearer import TokenChecker
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +41,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    raw_path: str = ""  # as sent, still percent-encoded (GCS object names hold %2F)
 
 
 class Reply(Exception):
@@ -93,16 +98,18 @@ class StoreContext:
     base: str = ""  # http://HOST:PORT, set once listening
     # set by the command: stops one region's gRPC listener
     stop_listener: Callable[[str], bool] = field(default=lambda region: False)
+    bearer: TokenChecker | None = None  # --require-token: checked on the GCS routes
 
 
 class StoreApp:
     def __init__(self, ctx: StoreContext) -> None:
-        from fusefs.server import admin, cdn, hub_api  # the routes use this module's types
+        from fusefs.server import admin, cdn, gcs_api, hub_api  # they use this module's types
 
         self.ctx = ctx
         self._admin = admin.Admin(ctx)
         self._hub = hub_api.HubApi(ctx)
         self._cdn = cdn.Cdn(ctx)
+        self._gcs = gcs_api.GcsApi(ctx)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -128,6 +135,7 @@ class StoreApp:
             {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()},
             {k.decode().lower(): v.decode() for k, v in scope["headers"]},
             body,
+            (scope.get("raw_path") or b"").decode("utf-8", "replace"),
         )
         try:
             reply = await self.route(req, send)
@@ -145,9 +153,11 @@ class StoreApp:
         path = req.path
         if path.startswith("/admin/"):
             return self._admin.route(req)
+        if path.startswith(("/storage/v1/", "/download/storage/v1/")):  # Cloud Storage JSON API
+            return await self._gcs.route(req, send)
         if "authorization" in req.headers:  # lets tests see where credentials went
             self.ctx.stats.add("counts", "auth_cdn" if path.startswith("/cdn/") else "auth_api")
-        if path.startswith("/api/"):
+        if path.startswith(("/api/", "/openapi/")):
             return await self._hub.route(req)
         if path.startswith("/cdn/"):
             return await self._cdn.route(req, send)

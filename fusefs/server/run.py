@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
+from fusefs.server.bearer import TokenChecker, TokenSpecError
 from fusefs.server.bidi_service import BidiReadService, method_handlers
 from fusefs.server.faults import FaultPlan
 from fusefs.server.http import StoreApp, StoreContext
@@ -46,6 +47,8 @@ class ServeSettings:
     client_region: str | None = None
     listing_limit: int = 3000
     faults: bool = False
+    datasets: str | None = None  # DIR/<owner>/<name>/<files…> served as dataset repos
+    require_token: str | None = None  # a token file or an introspection URL (bearer.py)
 
 
 def start_grpc(
@@ -70,7 +73,11 @@ def start_grpc(
 def run_store(settings: ServeSettings) -> None:
     """Serve until SIGINT/SIGTERM; ServeError if a listener cannot start."""
     http_host, http_port = parse_host_port(settings.http, "--http")
-    store = Store(settings.root)
+    try:
+        bearer = TokenChecker(settings.require_token) if settings.require_token else None
+    except TokenSpecError as e:
+        raise ServeError(str(e)) from None
+    store = Store(settings.root, settings.datasets)
     stats = Stats()
     plan = FaultPlan() if settings.faults else None
     servers: list[grpc.Server] = []
@@ -97,10 +104,13 @@ def run_store(settings: ServeSettings) -> None:
             return server is not None
 
         ctx.stop_listener = stop_listener
+        ctx.bearer = bearer
         trio.run(_serve_http, StoreApp(ctx), http_host, http_port, settings.topology)
     finally:
         for server in servers:
             server.stop(grace=0.5).wait(2)
+        if bearer is not None:
+            bearer.close()
 
 
 async def _serve_http(app: StoreApp, host: str, port: int, topology: bool) -> None:
@@ -125,7 +135,8 @@ async def _serve_http(app: StoreApp, host: str, port: int, topology: bool) -> No
         else:
             lines += [f"grpc: {addr}" for addr in ctx.grpc_addrs.values()]
         print("\n".join(lines), flush=True)
-        log.info("serving %s (pid %d)", ctx.store.root, os.getpid())
+        datasets = f" and datasets {ctx.store.datasets}" if ctx.store.datasets else ""
+        log.info("serving %s%s (pid %d)", ctx.store.root, datasets, os.getpid())
     log.info("stopped")
 
 

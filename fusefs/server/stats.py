@@ -21,6 +21,9 @@ class Stats:
             self.grpc_bytes: Counter[str] = Counter()
             self.ranges: Counter[str] = Counter()
             self.counts: Counter[str] = Counter()  # hub_requests, cdn_requests, cdn_bytes
+            # the CDN route serving as a region's internal path (`?region=R`), by region
+            self.internal_http_requests: Counter[str] = Counter()
+            self.internal_http_bytes: Counter[str] = Counter()
 
     def add(self, counter: str, key: str, n: int = 1) -> None:
         with self._lock:
@@ -47,9 +50,19 @@ class Stats:
                 "hub_requests": self.counts["hub_requests"],
                 "cdn_requests": self.counts["cdn_requests"],
                 "cdn_bytes": self.counts["cdn_bytes"],
+                "internal_http": {
+                    "requests": dict(self.internal_http_requests),
+                    "bytes": dict(self.internal_http_bytes),
+                },
                 "requests_with_credentials": {
                     "api": self.counts["auth_api"],
                     "cdn": self.counts["auth_cdn"],
+                    "gcs": self.counts["auth_gcs"],
+                },
+                "gcs": {
+                    "requests": self.counts["gcs_requests"],
+                    "refused": self.counts["gcs_refused"],
+                    "bytes": self.counts["gcs_bytes"],
                 },
                 "faults_injected": dict(faults_injected),
             }

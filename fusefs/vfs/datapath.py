@@ -183,9 +183,8 @@ def describe(res: Resolution) -> str:
 
 
 def _cache_key(file: FileNode, cache: FileCache) -> str:
-    return cache.key(
-        file.file.sha256, str(file.snapshot.repo), file.snapshot.commit, file.file.path
-    )
+    snap = file.snapshot
+    return cache.key(file.file.sha256, snap.repo.key, snap.content_id(file.file), file.file.path)
 
 
 async def _sealed_reader(file: FileNode, services: Services) -> FileReader | None:

@@ -127,7 +127,7 @@ class Filesystem:
             return self.tree.owner_dir(text)
         if parent.parent != ROOT_INODE or parent.snapshot is not None:
             raise not_found()
-        repo = RepoId(parent.name.decode(), text)
+        repo = self.hub.repo(parent.name.decode(), text)
         while (pending := self._discovering.get(repo)) is not None:
             await pending.wait()  # one hub round trip for concurrent lookups
         # After the wait: what the lookup we waited for found out holds for us too.

@@ -1,5 +1,5 @@
 """Test doubles shared by the suite: a scripted hub for resolution rules, a hostile hub
-that is a real HTTP server, and a range source that answers from memory.
+and a listener that are real HTTP servers, and a range source that answers from memory.
 
 They stand in only where the real thing cannot show the behaviour under test
 (a scripted answer, a hostile one); everything else runs against `modelfs serve`.
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import crc32c
 import grpc
@@ -44,6 +45,9 @@ class ScriptedHub:
         self.missing: set[str] = set()  # paths that do not exist at any commit: 404
         self.repos: dict[RepoId, Snapshot] = {}
         self.snapshot_calls: list[RepoId] = []
+
+    def repo(self, owner: str, name: str) -> RepoId:
+        return RepoId(owner, name)
 
     def add_repo(self, repo: RepoId, files: dict[str, bytes]) -> Snapshot:
         snap = Snapshot(
@@ -81,11 +85,19 @@ class ScriptedHub:
 
 
 class HostileHub:
+    """Answers in the real hub's shapes (revisions without commit ids; the head commit
+    from `commits`), unless told otherwise; records every request."""
+
     def __init__(self):
         self.files: list[dict] = []
         self.listing_body: bytes | None = None  # overrides the JSON listing
         self.location: str | None = None  # overrides the probe's Location
         self.cdn_extra = b""  # bytes appended past what a Range asked for
+        self.commits = True  # answer `commits?Ref=` with COMMIT (else 404, as a bare hub)
+        self.latest_committer: dict | None = None  # the listing's Data.LatestCommitter
+        self.accel: dict | None = None  # internalAccelerationInfo's Data (None: 404)
+        self.trickle: float | None = None  # seconds between bytes of every JSON answer
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,8 +110,19 @@ class HostileHub:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                trickle = hub.trickle
+                if trickle is None or status >= 300:
                     self.wfile.write(body)
+                    return
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(trickle)
+                except OSError:
+                    pass  # the client gave up on us: what a trickle is for
 
             def do_HEAD(self):
                 self.do_GET()
@@ -107,25 +130,27 @@ class HostileHub:
             def do_GET(self):
                 url = urlsplit(self.path)
                 q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                hub.requests.append((self.command, self.path, dict(self.headers.items())))
+                if url.path == "/api/v1/repos/internalAccelerationInfo" and hub.accel is not None:
+                    return self._send(200, json.dumps({"Code": 200, "Data": hub.accel}).encode())
                 if url.path.endswith("/revisions"):
+                    refs = {"Branches": [{"Revision": "master", "CreatedAt": 1760000000}]}
+                    body = {"Code": 200, "Data": {"RevisionMap": {**refs, "Tags": []}}}
+                    return self._send(200, json.dumps(body).encode())
+                if url.path.endswith("/commits") and hub.commits:
                     body = {
                         "Code": 200,
-                        "Data": {
-                            "RevisionMap": {
-                                "Branches": [{"Revision": "master", "CommitId": COMMIT}],
-                                "Tags": [],
-                            }
-                        },
+                        "Data": {"Commit": [{"Id": COMMIT, "ShortId": COMMIT[:8]}]},
                     }
                     return self._send(200, json.dumps(body).encode())
-                if url.path.endswith("/repo/files"):
-                    body = (
-                        hub.listing_body
-                        or json.dumps({"Code": 200, "Data": {"Files": hub.files}}).encode()
-                    )
+                if url.path.endswith(("/repo/files", "/repo/tree")):  # no paging at all
+                    data = {"Files": hub.files}
+                    if hub.latest_committer is not None:
+                        data["LatestCommitter"] = hub.latest_committer
+                    body = hub.listing_body or json.dumps({"Code": 200, "Data": data}).encode()
                     return self._send(200, body)
                 if url.path.endswith("/repo"):
-                    loc = hub.location or f"{hub.url}/cdn/{q.get('FilePath')}"
+                    loc = hub.location or f"{hub.url}/cdn/{quote(q.get('FilePath', ''))}"
                     return self._send(302, headers=[("Location", loc)])
                 if url.path.startswith("/cdn/"):
                     first, last = map(int, self.headers["Range"][6:].split("-"))
@@ -134,6 +159,35 @@ class HostileHub:
                         206, body, [("Content-Range", f"bytes {first}-{last}/{len(CONTENT)}")]
                     )
                 return self._send(404, b"{}")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Listener:
+    """A real HTTP server on another port that answers every GET with `body` and keeps
+    each request's headers: where did a client send what?"""
+
+    def __init__(self, body: bytes = b"cn-elsewhere\n"):
+        self.headers: list[dict[str, str]] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                listener.headers.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
