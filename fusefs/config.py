@@ -16,10 +16,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fusefs.cache.store import DEFAULT_CACHE_SIZE, DEFAULT_MIN_FREE
-from fusefs.data.client import DEFAULT_MEMORY_BUDGET
+from fusefs.data.client import DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET
 from fusefs.data.gcs_auth import GrpcEndpoint, JsonEndpoint
 from fusefs.data.location import valid_region
 from fusefs.hub.client import RepoSpec
+from fusefs.vfs.openfiles import DEFAULT_LINGER
 
 DEFAULT_CONFIG = "/etc/modelfs/config.toml"
 
@@ -82,6 +83,26 @@ def _seconds(value: object) -> float:
         raise ValueError(f"not a number of seconds: {value!r}") from None
     if not 0 < n <= 86400:
         raise ValueError(f"seconds out of range: {value!r}")
+    return n
+
+
+def _linger(value: object) -> float:
+    try:
+        n = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    if not 0 <= n <= 3600:
+        raise ValueError(f"seconds out of range (0 to 3600): {value!r}")
+    return n
+
+
+def _count(value: object) -> int:
+    try:
+        n = int(str(value).strip()) if not isinstance(value, bool) else -1
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+    if not 1 <= n <= 100_000:
+        raise ValueError(f"out of range (1 to 100000): {value!r}")
     return n
 
 
@@ -265,6 +286,21 @@ class Settings:
         "A read not served within this many seconds fails with EIO.",
         "SECONDS",
     )
+    linger: float = _setting(
+        _linger,
+        DEFAULT_LINGER,
+        ("MODELFS_LINGER",),
+        "Keep a closed file's stream and cache entry this long for a quick reopen (0: none).",
+        "SECONDS",
+    )
+    max_streams: int = _setting(
+        _count,
+        DEFAULT_MAX_STREAMS,
+        ("MODELFS_MAX_STREAMS",),
+        "Most data streams open at once (idle ones close first; beyond, reads wait their "
+        "turn); also the most closed files kept for a quick reopen.",
+        "N",
+    )
     metrics: str | None = _setting(
         _host_port,
         None,
@@ -303,6 +339,15 @@ SETTINGS: tuple[Setting, ...] = tuple(
     Setting(f.name, default=f.default, **f.metadata["setting"]) for f in fields(Settings)
 )
 BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def is_boolean(s: Setting) -> bool:
+    """A yes/no setting (may be given as a bare word where that reads naturally)."""
+    return s.parse is _bool
+
+
+def is_list(s: Setting) -> bool:
+    return isinstance(s.default, tuple)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import resource
 import select
 import signal
 import socket
@@ -87,10 +88,21 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, timeout: float = 60, check: bool = False, env: dict[str, str] | None = None
+    *args: str,
+    timeout: float = 60,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`modelfs ARGS…` in a child process, as a user would run it; settings come only
-    from ARGS and `env` (default: `clean_env()`), never from the caller's environment."""
+    from ARGS and `env` (default: `clean_env()`), never from the caller's environment.
+    `nofile` sets the child's descriptor limit, soft and hard (as `ulimit -n` does); the
+    processes it starts inherit it."""
+
+    def limit_descriptors() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     return subprocess.run(
         [sys.executable, "-m", "fusefs", *args],
         capture_output=True,
@@ -98,6 +110,7 @@ def run_cli(
         timeout=timeout,
         check=check,
         env=clean_env() if env is None else env,
+        preexec_fn=limit_descriptors if nofile is not None else None,
     )
 
 
@@ -270,11 +283,14 @@ class Mount:
         )
 
 
-def start_mount(path: Path, hub: str, *args: str, log: Path | None = None) -> Mount:
-    """`modelfs mount PATH --hub HUB ARGS…`, returning once the mount is live."""
+def start_mount(
+    path: Path, hub: str, *args: str, log: Path | None = None, nofile: int | None = None
+) -> Mount:
+    """`modelfs mount PATH --hub HUB ARGS…`, returning once the mount is live; `nofile`:
+    the mount process's descriptor limit (see `run_cli`)."""
     path.mkdir(parents=True, exist_ok=True)
     log = log or path.with_name(path.name + ".log")
-    result = run_cli("mount", str(path), "--hub", hub, "--log-file", str(log), *args)
+    result = run_cli("mount", str(path), "--hub", hub, "--log-file", str(log), *args, nofile=nofile)
     if result.returncode != 0:
         raise AssertionError(
             f"mount failed ({result.returncode}): {result.stderr}\n"

@@ -18,6 +18,9 @@ Workloads:
   warm          re-read of the 1 GiB file after close/reopen (page cache kept) vs local
   ttfb          open + first byte of cold files (p50/p95): 0 peers (mount, rclone), and 3 peers
                 (mount in a region holding nothing; the third peer holds the repo), counting probes
+  small_files   a few hundred ~2 KB files of another repo read whole one after another, cold
+                (files/s), each open + first byte timed (p50/p95) once the repo's region is
+                known: mount, rclone
   shared        4 processes reading the 1 GiB file at once vs 1 process (cold, fresh mount)
   disk_cache    the 1 GiB file read cold through `--cache-dir` (network + filling the cache),
                 then, once it is sealed, re-read through a fresh mount on the same cache dir
@@ -57,6 +60,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from fusefs.cache.entry import Layout, is_sealed
 from fusefs.cache.store import CacheLimits, DiskCache, cache_key
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
 from fusefs.data.malloc_tuning import tune_malloc
@@ -84,6 +88,7 @@ RANDOM_RUNS = ((4096, 1), (4096, 4), (MiB, 1), (MiB, 4))  # (block, threads)
 RANDOM_FILE_BYTES = {4096: 256 * MiB, MiB: 512 * MiB}
 MAIN_MOUNTS = ("main", "st-read", "st-mmap")  # the mounts that ran workloads cold_seq..safetensors
 CACHE_SIZE = "8G"  # --cache-size: room for everything the disk-cache workload reads
+SMALL_COUNT = 400  # bench/small: files of ~2 KB, read one after another
 SEAL_TIMEOUT = 120.0  # seconds to wait, after the cold reads, for the cache to seal the files
 
 
@@ -111,6 +116,17 @@ def write_random(path: Path, size: int, rng: np.random.Generator) -> None:
             n = min(left, 64 * MiB)
             f.write(rng.bit_generator.random_raw(n // 8).tobytes())
             left -= n
+
+
+def make_small_store(root: Path) -> Path:
+    """The repo bench/small: SMALL_COUNT files of about 2 KB; returns its directory."""
+    repo = root / "bench" / "small"
+    repo.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(SMALL_COUNT):
+        size = int(rng.integers(1536, 2560))
+        (repo / f"s{i:04d}.json").write_bytes(rng.bytes(size))
+    return repo
 
 
 def make_store(root: Path, big: int) -> Path:
@@ -381,6 +397,29 @@ def open_first_byte(path: Path) -> float:
     return time.perf_counter() - t
 
 
+def small_files(paths: list[Path]) -> dict:
+    """Each (cold) file opened, its first byte read (timed), then the rest, one file after
+    another: files per second over the whole run, and open + first byte p50/p95."""
+    firsts = []
+    size = 0
+    started = time.perf_counter()
+    for path in paths:
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            first = f.read(1)
+            firsts.append(time.perf_counter() - t)
+            size += len(first) + len(f.read())
+    elapsed = time.perf_counter() - started
+    firsts.sort()
+    return {
+        "files": len(paths),
+        "bytes": size,
+        "files_s": len(paths) / elapsed,
+        "ttfb_p50_ms": statistics.median(firsts) * 1e3,
+        "ttfb_p95_ms": firsts[int(len(firsts) * 0.95) - 1] * 1e3,
+    }
+
+
 def ttfb(paths: list[Path]) -> dict:
     """Open + first byte of each (cold) file, one after another."""
     samples = sorted(open_first_byte(p) for p in paths)
@@ -408,9 +447,9 @@ class Bench:
         return self.store / "bench" / "model"
 
     @contextmanager
-    def modelfs_mount(self, label: str, *args: str) -> Iterator[Mount]:
+    def modelfs_mount(self, label: str, *args: str, repo: str = "bench/model") -> Iterator[Mount]:
         """A fresh `modelfs mount` of the repo."""
-        m = start_mount(self.work / f"mnt-{label}", self.server.hub, "--repo", "bench/model", *args)
+        m = start_mount(self.work / f"mnt-{label}", self.server.hub, "--repo", repo, *args)
         try:
             yield m
         finally:
@@ -429,13 +468,14 @@ class Bench:
         return sum(stats["grpc_bytes"].values()) + stats["cdn_bytes"]
 
     @contextmanager
-    def rclone(self, label: str) -> Iterator[Path]:
-        """A fresh `rclone mount` of nginx, checked to return the right bytes."""
+    def rclone(self, label: str, repo: str = "model", verify: str = VERIFY_FILE) -> Iterator[Path]:
+        """A fresh `rclone mount` of nginx, checked to return the right bytes of `verify`."""
         assert self.peer_url is not None
         with rclone_mount(self.peer_url, self.work / f"rclone-{label}", self.work / "rclone") as rm:
-            model = rm.path / "bench" / "model"
-            if sha256_of(model / VERIFY_FILE) != sha256_of(self.local / VERIFY_FILE):
-                raise PeerUnavailable(f"rclone mount returned wrong bytes for {VERIFY_FILE}")
+            model = rm.path / "bench" / repo
+            local = self.store / "bench" / repo
+            if sha256_of(model / verify) != sha256_of(local / verify):
+                raise PeerUnavailable(f"rclone mount returned wrong bytes for {verify}")
             try:
                 yield model
             finally:
@@ -575,6 +615,32 @@ def measure_peers(b: Bench, report: Report) -> None:
     report["probes"] = {"files": len(files), "peers": len(peers), "probes": probes}
 
 
+def measure_small_files(b: Bench, report: Report) -> None:
+    """Small files one after another, cold, through the mount and through rclone. Each
+    system reads its first file before the timing (the mount learns the repo's region,
+    rclone lists the directory); the checked file is the last, outside the timed ones."""
+    log(f"small files: {SMALL_COUNT} of ~2 KB, one after another")
+    names = sorted(os.listdir(b.store / "bench" / "small"))
+    first, timed, checked = names[0], names[1:-1], names[-1]
+    out: dict[str, Any] = {"files": len(timed), "mount": None, "rclone": None}
+    report["small_files"] = out
+    with b.modelfs_mount("small", "--region", "home", repo="bench/small") as m:
+        repo = m.path / "bench" / "small"
+        open_first_byte(repo / first)
+        out["mount"] = small_files([repo / n for n in timed])
+        out["mount"]["status"] = {k: m.status()[k] for k in ("probes", "streams", "errors")}
+        if sha256_of(repo / checked) != sha256_of(b.store / "bench" / "small" / checked):
+            raise RuntimeError(f"the mount returned wrong bytes for {checked}")
+    if b.peer_url:
+        try:
+            with b.rclone("small", repo="small", verify=checked) as repo:
+                os.listdir(repo)
+                open_first_byte(repo / first)
+                out["rclone"] = small_files([repo / n for n in timed])
+        except PeerUnavailable as e:
+            skip_peer(b, report, str(e))
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float) -> float | None:
     """Seconds until predicate() held, or None when it did not within timeout."""
     t = time.perf_counter()
@@ -621,13 +687,14 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
 
     # Sealed = complete and verified: read from the entries' headers, since the status
     # counter counts seal confirmations, which can exceed the files.
-    disk = DiskCache(cache, CacheLimits(size=0))  # path_of and is_complete only; never opened
+    disk = DiskCache(cache, CacheLimits(size=0))  # for path_of only; never opened
     expected = trio.run(cache_entries_of, b.server.hub, [big, *shards])
 
+    def sealed(key: str, size: int, sha256: str | None) -> bool:
+        return is_sealed(disk.path_of(key), Layout(size, disk.limits.block_size), sha256)
+
     def all_sealed(m: Mount) -> bool:
-        return m.status()["cache"]["sealed"] >= len(expected) and all(
-            disk.is_complete(*e) for e in expected
-        )
+        return m.status()["cache"]["sealed"] >= len(expected) and all(sealed(*e) for e in expected)
 
     log("disk cache: cold through the cache (filling it)")
     with b.modelfs_mount("cache-fill", *args) as m:
@@ -640,7 +707,7 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
         dc["shards_cold_fill_mb_s"] = read_files_mb_s([model / name for name in shards])
         dc["seal_wait_s"] = wait_until(lambda: all_sealed(m), SEAL_TIMEOUT)
         dc["fill_status"] = m.status()["cache"]
-    dc["files_sealed"] = sum(disk.is_complete(*e) for e in expected)
+    dc["files_sealed"] = sum(sealed(*e) for e in expected)
     if dc["seal_wait_s"] is None:
         log(
             f"disk cache: not all sealed within {SEAL_TIMEOUT:.0f} s: "
@@ -730,11 +797,22 @@ def remove_workdir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+WORKLOADS = ("all", "small_files")
+
+
 def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
     work = Path(tempfile.mkdtemp(prefix="modelfs-bench-"))
     cleanup.callback(quietly, f"removing {work}", lambda: remove_workdir(work))
     log(f"writing the store in {work}")
     store = work / "store"
+    make_small_store(store)
+    if args.only == "small_files":
+        server = start_regions(store, {"home": ["bench/*"]})
+        cleanup.callback(quietly, "stopping modelfs serve", server.stop)
+        b = Bench(work, store, server, args.seconds)
+        start_peer(cleanup, b, report)
+        measure_small_files(b, report)
+        return
     make_store(store, report["size_bytes"])
     # home holds the repo; of three peers only the last does
     server = start_regions(
@@ -748,6 +826,7 @@ def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
     measure_safetensors(b, report)
     measure_shared(b, report)
     measure_peers(b, report)
+    measure_small_files(b, report)
     measure_disk_cache(b, report)
     record_memory(b, report)
 
@@ -774,6 +853,9 @@ def main() -> int:
         "--seconds", type=float, default=5.0, help="longest duration of each random-read run"
     )
     ap.add_argument("--out", default="bench-out/report.json")
+    ap.add_argument(
+        "--only", choices=WORKLOADS, default="all", help="run one workload (with its baselines)"
+    )
     args = ap.parse_args()
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _interrupt)
@@ -792,7 +874,8 @@ def main() -> int:
     finally:
         with interrupts_ignored():
             cleanup.close()
-    add_ratios(report)
+    if args.only == "all":
+        add_ratios(report)
     ts = targets(report)
     report["targets"] = [
         {

@@ -92,6 +92,8 @@ class Target:
 
 
 def targets(report: Report) -> list[Target]:
+    if "safetensors" not in report:  # one workload only (--only)
+        return small_file_targets(report)
     st, pr, big = report["safetensors"], report["probes"], size_label(report)
     budget = report["memory_budget_mib"]
     return [
@@ -173,7 +175,31 @@ def targets(report: Report) -> list[Target]:
             1.5,
             report["ratio_4_readers_vs_1"],
         ),
+        *small_file_targets(report),
         *cache_targets(report),
+    ]
+
+
+def small_file_targets(report: Report) -> list[Target]:
+    sf = report.get("small_files")
+    if not sf:
+        return []
+    mine, theirs = sf["mount"], sf["rclone"]
+    return [
+        Target(
+            "§7",
+            f"{sf['files']} small files one after another: mount / rclone (files/s)",
+            ">=",
+            1.0,
+            ratio(mine["files_s"], theirs and theirs["files_s"]),
+        ),
+        Target(
+            "§7",
+            "open + first byte, small files, region known: p50 (ms)",
+            "<=",
+            3.0,
+            mine["ttfb_p50_ms"],
+        ),
     ]
 
 
@@ -477,9 +503,31 @@ def print_targets(ts: list[Target]) -> None:
         print(f"{t.source:6} {t.what:58} {bound:>9} {fmt(t.measured):>9}  {result}")
 
 
+def print_small_files(report: Report) -> None:
+    sf = report.get("small_files")
+    if not sf:
+        return
+    print(
+        f"\n{'small files (~2 KB), one after another':40} {'files/s':>8} {'p50 ms':>8} "
+        f"{'p95 ms':>8}"
+    )
+    for system in ("mount", "rclone"):
+        r = sf[system]
+        if r is None:
+            print(f"{system:40} {'-':>8} {'-':>8} {'-':>8}")
+            continue
+        print(
+            f"{system:40} {fmt(r['files_s']):>8} {fmt(r['ttfb_p50_ms']):>8} "
+            f"{fmt(r['ttfb_p95_ms']):>8}"
+        )
+    print("  (p50/p95: open + first byte of each file, the repo's region already known)")
+
+
 def print_report(report: Report, ts: list[Target]) -> None:
-    print_comparison(report)
-    print_random(report)
-    print_other(report)
-    print_disk_cache(report)
+    if "safetensors" in report:
+        print_comparison(report)
+        print_random(report)
+        print_other(report)
+        print_disk_cache(report)
+    print_small_files(report)
     print_targets(ts)

@@ -225,3 +225,46 @@ def test_small_and_edge_sizes(tmp_path, size):
     assert e.read(0, size) == data
     assert e.verify_and_seal() is True
     e.close()
+
+
+def count_scans(cache: DiskCache, monkeypatch) -> list[int]:
+    """A list that grows by one for every directory scan the cache makes."""
+    scans: list[int] = []
+    scan = cache._scan_and_evict
+
+    def counted(*args, **kwargs):
+        scans.append(1)
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_scan_and_evict", counted)
+    return scans
+
+
+def test_a_full_cache_evicts_to_a_low_water_mark_not_one_scan_per_block(tmp_path, monkeypatch):
+    cache = disk(tmp_path, 100 * BLOCK)
+    for i in range(150):  # far more than fits: the cache is full, of closed entries
+        e = cache.open_entry(f"path-{i:03d}", BLOCK, None)
+        if cache.reserve(BLOCK):
+            fill(e, os.urandom(BLOCK))
+        os.utime(e.fd, (1000 + i, 1000 + i))
+        e.close()
+    scans, reservations = count_scans(cache, monkeypatch), 60
+    for _ in range(reservations):
+        assert cache.reserve(BLOCK)
+    assert cache.used <= 100 * BLOCK
+    # each scan frees a tenth of the limit (10 blocks): at most one per 10 reservations
+    assert len(scans) <= reservations // 10 + 1, len(scans)
+    cache.close()
+
+
+def test_a_cache_that_cannot_make_room_refuses_without_rescanning(tmp_path, monkeypatch):
+    cache = disk(tmp_path, 20 * BLOCK)
+    held = cache.open_entry("path-held", 16 * BLOCK, None)  # open: never evicted
+    assert cache.reserve(16 * BLOCK)
+    fill(held, os.urandom(16 * BLOCK))
+    scans = count_scans(cache, monkeypatch)
+    for _ in range(20):
+        assert not cache.reserve(4 * BLOCK)
+    assert len(scans) == 1
+    held.close()
+    cache.close()

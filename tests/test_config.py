@@ -7,8 +7,9 @@ import socket
 import pytest
 
 from fusefs.cli.fstab import HelperError, translate
+from fusefs.cli.mount import mount as mount_command
 from fusefs.cli.systemd import unit_text
-from fusefs.config import ConfigError, merge
+from fusefs.config import SETTINGS, ConfigError, merge
 from fusefs.fs import systemd
 
 
@@ -88,11 +89,44 @@ def test_fstab_options_translate_to_a_mount_command():
         "--inter-regions",
         "cn-b,cn-c",
         "--allow-other",
+        "true",
     ]
     with pytest.raises(HelperError):
         translate("modelfs", "/m", "bogus=1")
     with pytest.raises(HelperError):
         translate("modelfs", "/m", "hub=")
+
+
+# One fstab option per setting, as a user would write it: every setting must be here.
+FSTAB_EXAMPLES = {
+    "hub": ("hub=http://hub:8080", "http://hub:8080"),
+    "repos": ("repo=a/b", ("a/b",)),
+    "repo_type": ("repo_type=dataset", "dataset"),
+    "region": ("region=cn-a", "cn-a"),
+    "inter_regions": ("inter_regions=cn-b:cn-c", ("cn-b", "cn-c")),
+    "token_file": ("token_file=/etc/modelfs/token", "/etc/modelfs/token"),
+    "gcs_endpoint": ("gcs_endpoint=http://127.0.0.1:4443", "http://127.0.0.1:4443"),
+    "gcs_grpc_endpoint": ("gcs_grpc_endpoint=127.0.0.1:4443", "grpc://127.0.0.1:4443"),
+    "memory": ("memory=512M", 512 << 20),
+    "cache_dir": ("cache_dir=/var/cache/modelfs", "/var/cache/modelfs"),
+    "cache_size": ("cache_size=200G", 200 << 30),
+    "cache_min_free": ("cache_min_free=10G", 10 << 30),
+    "read_timeout": ("read_timeout=12", 12.0),
+    "linger": ("linger=0", 0.0),
+    "max_streams": ("max_streams=32", 32),
+    "metrics": ("metrics=127.0.0.1:9464", "127.0.0.1:9464"),
+    "log_format": ("log_format=json", "json"),
+    "log_level": ("log_level=debug", "debug"),
+    "allow_other": ("allow_other", True),
+}
+
+
+def test_every_setting_is_an_fstab_option_the_mount_command_takes():
+    assert set(FSTAB_EXAMPLES) == {s.key for s in SETTINGS}, "an example for each setting"
+    for key, (option, value) in FSTAB_EXAMPLES.items():
+        args = translate("modelfs", "/models", option)
+        ctx = mount_command.make_context("mount", args[1:])  # parses, runs nothing
+        assert merge({key: ctx.params[key]}, None, {})[key].value == value, option
 
 
 def test_notify_sends_to_a_real_datagram_socket(tmp_path, monkeypatch):

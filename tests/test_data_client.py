@@ -10,10 +10,12 @@ import trio
 
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
-from fusefs.data.errors import DataError
+from fusefs.data.errors import DataError, OverloadedError
 from fusefs.data.reader import ReadLimits
 from fusefs.hub.client import HubClient, RepoId
 from fusefs.testing import MiB, sample_bytes, start_server, write_file
+
+from support.doubles import RefusingStore
 
 REPO = RepoId("acme", "data")
 SIZE = 24 * MiB + 777
@@ -144,3 +146,41 @@ async def test_a_file_that_changed_under_the_pin_is_refused(server):
         reader = client.open_reader(location, SIZE - 1)  # the listing said otherwise
         with pytest.raises(DataError):
             await reader.read(0, 10)
+
+
+# -- a store that is full ---------------------------------------------------------------
+
+BUSY = StreamLimits(
+    max_attempts=3,
+    backoff_initial=0.001,
+    backoff_max=0.002,
+    busy_backoff_initial=0.001,
+    busy_backoff_max=0.005,
+)
+
+
+async def test_a_full_store_is_asked_again_on_the_same_stream_past_the_break_limit():
+    data = sample_bytes(100_000, seed=12)
+    store = RefusingStore(data, refusals=12)  # more than max_attempts breaks would allow
+    try:
+        async with DataClient(stream_limits=BUSY) as client:
+            reader = client.open_reader(store.location, len(data))
+            with trio.fail_after(20):
+                assert await read_all(reader) == data
+            assert reader.source.counters.refusals == 12 == store.refused
+            assert reader.source.counters.reopens == 12
+    finally:
+        store.stop()
+
+
+async def test_a_store_that_stays_full_fails_the_read_after_the_busy_window():
+    data = sample_bytes(1000, seed=13)
+    store = RefusingStore(data, refusals=10**9)
+    limits = StreamLimits(busy_window=0.3, busy_backoff_initial=0.01, busy_backoff_max=0.05)
+    try:
+        async with DataClient(stream_limits=limits) as client:
+            reader = client.open_reader(store.location, len(data))
+            with trio.fail_after(20), pytest.raises(OverloadedError):
+                await reader.read(0, len(data))
+    finally:
+        store.stop()

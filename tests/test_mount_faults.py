@@ -150,3 +150,23 @@ def test_unmount_while_reads_are_blocked_on_a_stopped_store(tmp_path):
         os.kill(server.pid, signal.SIGCONT)
         m.unmount()
         server.stop()
+
+
+def test_an_empty_file_reads_with_the_store_and_hub_stopped(tmp_path):
+    root = tmp_path / "store"
+    write_file(root / "acme" / "quiet" / "empty.txt", b"")
+    write_file(root / "acme" / "quiet" / "full.bin", b"x" * 1000)
+    server = start_server(root)
+    m = start_mount(tmp_path / "mnt", server.hub, "--repo", "acme/quiet", "--region", "local")
+    try:
+        server.stop()  # the hub and the data plane are gone
+        d = m.path / "acme" / "quiet"
+        started = time.monotonic()
+        assert (d / "empty.txt").read_bytes() == b""
+        assert time.monotonic() - started < 2
+        assert os.getxattr(d / "empty.txt", "user.modelfs.source") == b"empty"
+        with pytest.raises(OSError) as e:
+            (d / "full.bin").read_bytes()  # this one needs the hub: it is really down
+        assert e.value.errno == errno.EIO
+    finally:
+        m.unmount()

@@ -115,6 +115,10 @@ def local_mount(store, tmp_path_factory):
         f"127.0.0.1:{port}",
         "--memory",
         "64M",
+        "--max-streams",  # every file read here stays listed in the status
+        str(2 * LONG_FILES),
+        "--linger",
+        "600",
     )
     yield m, root, f"http://127.0.0.1:{port}/metrics"
     m.unmount()
@@ -176,7 +180,7 @@ def test_status_of_a_fresh_mount_and_of_a_plain_directory(regions, tmp_path):
         out = run_cli("status", str(m.path))
         assert out.returncode == 0, out.stderr
         assert re.search(r"^read\s+nothing yet$", out.stdout, re.M), out.stdout
-        assert re.search(r"^files\s+0 with a data path$", out.stdout, re.M)
+        assert re.search(r"^files\s+0 open, 0 with a data path", out.stdout, re.M)
     finally:
         m.unmount()
     plain = run_cli("status", str(tmp_path))
@@ -197,8 +201,9 @@ def test_status_with_many_open_files_fits_in_one_xattr(local_mount):
     state = json.loads(result.stdout)
     listed = [f for f in state["files"] if f["path"].startswith("acme/long/")]
     assert listed, "some files are listed"
-    assert state["files_open"] == len(state["files"]) + state["files_not_listed"]
-    assert state["files_open"] >= LONG_FILES
+    assert state["data_paths"] == len(state["files"]) + state["files_not_listed"]
+    assert state["data_paths"] >= LONG_FILES  # closed, kept for a quick reopen
+    assert state["files_open"] == 0
     assert state["bytes_read"]["local"] >= sum(p.stat().st_size for p in paths)
     human = run_cli("status", str(m.path))
     assert human.returncode == 0, human.stderr
@@ -237,7 +242,13 @@ def test_metrics_count_bytes_reads_and_probes(local_mount):
 
     with open(m.path / rel, "rb") as f:
         assert f.read() == (root / rel).read_bytes()
+        during = scrape(url)
     after = scrape(url)
+    assert during[("modelfs_open_files", ())] >= 1  # with a handle open
+    assert during[("modelfs_streams", (("state", "open"),))] >= 1
+    assert during[("modelfs_streams", (("state", "limit"),))] == 2 * LONG_FILES
+    fds = during[("modelfs_descriptors", (("state", "open"),))]
+    assert 0 < fds < during[("modelfs_descriptors", (("state", "limit"),))]
 
     assert after[local_bytes] - before.get(local_bytes, 0) == size
     assert total(after, "modelfs_read_seconds_count") > total(before, "modelfs_read_seconds_count")
@@ -252,7 +263,7 @@ def test_metrics_count_bytes_reads_and_probes(local_mount):
         total(after, "modelfs_stream_opens_total")
         >= total(before, "modelfs_stream_opens_total") + 1
     )
-    assert after[("modelfs_open_files", ())] >= 1
+    assert after[("modelfs_data_paths", ())] >= 1  # closed, lingering
     assert not any(n == "modelfs_errors_total" for n, _ in after)  # no read failed
 
 

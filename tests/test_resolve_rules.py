@@ -42,6 +42,27 @@ async def test_single_flight_for_identical_concurrent_probes():
     assert len(results) == 10 and all(a is results[0] for a in results)
 
 
+async def test_followers_of_a_probe_that_found_nothing_get_its_404():
+    hub = ScriptedHub({"a": {"f"}}, delay=0.05)
+    hub.missing.add("gone")
+    r = Resolver(hub, "a", ("b",))
+    await r.resolve(REPO, "c1", "f")  # the repo's winner is known: opens go straight to it
+    outcomes: list[object] = []
+
+    async def open_gone():
+        try:
+            outcomes.append(await r.resolve(REPO, "c1", "gone"))
+        except ResolveError as e:
+            outcomes.append(e)
+
+    async with trio.open_nursery() as n:
+        for _ in range(5):
+            n.start_soon(open_gone)
+    assert len(outcomes) == 5
+    assert all(isinstance(o, ResolveError) and "not found" in str(o) for o in outcomes)
+    assert [c for c in hub.calls if c[1] == "gone"] == [("c1", "gone", "a")]  # one probe
+
+
 async def test_repo_winner_tried_first_and_n_plus_p_probes_from_many_tasks():
     files = [f"shard-{i}" for i in range(200)]
     hub = ScriptedHub({"p3": set(files)}, delay=0.001)
@@ -133,3 +154,17 @@ async def test_missing_file_is_an_error():
 
     with pytest.raises(ResolveError):
         await Resolver(Missing({}), "a").resolve(REPO, "c1", "f")
+
+
+async def test_the_winners_naming_predicts_the_repos_other_files_never_the_cdn():
+    hub = ScriptedHub({"b": {"f", "d/g"}})
+    r = Resolver(hub, "a", ("b",))
+    assert r.predict(REPO, "c1", "f") is None  # nothing learned yet
+    await r.resolve(REPO, "c1", "f")
+    guess = r.predict(REPO, "c1", "d/g")
+    assert (guess.source, guess.region) == ("peer", "b")
+    assert guess.location == "grpc://b.store:443/b/acme/llm/d/g?generation=0"
+    assert r.predict(REPO, "c2", "d/g") is None  # another commit: nothing known
+    cdn = Resolver(ScriptedHub({}), "a", ("b",))
+    await cdn.resolve(REPO, "c1", "f")
+    assert cdn.predict(REPO, "c1", "g") is None

@@ -14,6 +14,10 @@ size). For each range:
 With no network source (a sealed file, opened without asking the hub), a missing or
 damaged block raises GoneError: the mount then resolves the file and retries with
 the network. A failing cache disk never fails a read that the network can serve.
+
+A source made `trusted=False` (its network stream opened on a guess, before the probe
+confirmed where the file is) stores nothing until `trust()`: bytes that might belong
+to another object never reach the disk.
 """
 
 from __future__ import annotations
@@ -67,8 +71,13 @@ class CachedSource:
         network: RangeSource | None,
         nursery: trio.Nursery,
         wake: Callable[[Callable[[], None]], None],
+        *,
+        trusted: bool = True,
     ):
         self.block_size = cache.limits.block_size
+        self._trusted = trio.Event()
+        if trusted:
+            self._trusted.set()
         self.network = network
         self._cache = cache
         self._key, self._size, self._sha256 = key, size, sha256
@@ -110,8 +119,13 @@ class CachedSource:
             if sub is not rr:
                 sub.fail(DeadlineError("abandoned"))
 
+    def trust(self) -> None:
+        """What the network sends is this file's: store it from now on."""
+        self._trusted.set()
+
     def close(self) -> None:
         self._closed = True
+        self._trusted.set()  # stores waiting for it see the source closed and give up
         if self.network is not None:
             self.network.close()
         self._let_go()
@@ -121,16 +135,20 @@ class CachedSource:
         self._paused = True
         self._let_go()
 
-    def resume(self) -> None:
-        """A handle is open again; an entry evicted meanwhile is replaced by a fresh one."""
+    async def resume(self) -> None:
+        """A handle is open again; an entry evicted meanwhile is replaced by a fresh one.
+        Call before the file is read again (no range is in flight after `pause`)."""
         self._paused = False
         if self._held:
             return
         self._held = True
-        if self._entry.resume():
+        if self._entry.resume():  # a lock and an fstat: fine on the trio thread
             return
         try:
-            fresh = self._cache.open_entry(self._key, self._size, self._sha256)
+            # A fresh entry needs room, and making room may walk the cache directory.
+            fresh = await trio.to_thread.run_sync(
+                self._cache.open_entry, self._key, self._size, self._sha256
+            )
         except (OSError, EntryError) as e:
             # The evicted entry's file still works for this process; nothing is lost.
             log.warning("cache %s: could not reopen (%s); using the evicted copy", self._key, e)
@@ -145,9 +163,11 @@ class CachedSource:
         try:
             if self._closed:
                 self._entry.close()
+                self._cache.released()
             elif self._paused and self._held:
                 self._entry.pause()
                 self._held = False
+                self._cache.released()
         except OSError as e:  # never out of a task's finally: it would end the mount
             log.warning("cache %s: %s", self._key, e)
 
@@ -272,6 +292,10 @@ class CachedSource:
             await self._store(entry, sub, run)
 
     async def _store(self, entry: Entry, src: RangeRead, blocks: range) -> None:
+        if not self._trusted.is_set():
+            await self._trusted.wait()
+        if self._closed:
+            return
         start, end = entry.layout.span(blocks)
         pieces = src.view(start, end)
         self._cache.stats.add(miss_bytes=end - start)
@@ -305,7 +329,7 @@ class CachedSource:
                 if sealed is True:
                     self._sealed = True
                     self._cache.stats.add(sealed=1)
-                    log.info("cache: %s complete and verified", self._key)
+                    log.debug("cache: %s complete and verified", self._key)  # counted in status
                 elif sealed is False:
                     self._cache.stats.add(rejected=1)
                     log.error(
@@ -366,9 +390,17 @@ class FileCache:
         return is_sealed(self.disk.path_of(key), Layout(size, self.disk.limits.block_size), sha256)
 
     def source(
-        self, key: str, size: int, sha256: str | None, network: RangeSource | None
+        self,
+        key: str,
+        size: int,
+        sha256: str | None,
+        network: RangeSource | None,
+        *,
+        trusted: bool = True,
     ) -> CachedSource:
-        return CachedSource(self.disk, key, size, sha256, network, self._nursery, self._wake)
+        return CachedSource(
+            self.disk, key, size, sha256, network, self._nursery, self._wake, trusted=trusted
+        )
 
     key = staticmethod(cache_key)
 

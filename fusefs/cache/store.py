@@ -11,8 +11,11 @@ file has another key, so it can never be served from a stale entry.
 
 Room is reserved before a block is written; when the limit or the free-space
 reserve would be crossed, whole entries are evicted, least recently used first,
-skipping any that a process has open. When nothing can go, the block is simply
-not cached: the read is still served from memory.
+skipping any that a process has open, down to a low-water mark below the limit, so
+that the reservations that follow fit without another look at the directory. When
+nothing can go, the block is simply not cached (the read is still served from
+memory), and the next reservations are refused without looking again for a moment,
+or until this process lets go of an entry.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DEFAULT_CACHE_SIZE = 20 * GiB
 DEFAULT_MIN_FREE = GiB
 STALE_TEMP_AGE = 600.0  # seconds
+LOW_WATER = 0.9  # eviction makes room down to this share of the limit (and as much more free)
+FULL_BACKOFF = 1.0  # seconds a cache that could not make room refuses without scanning
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class DiskCache:
         self.stats = CacheStats()
         self._mutex = threading.Lock()  # flock does not exclude threads of one process
         self._lock_fd = -1
+        self._full_until = 0.0  # monotonic time: no room could be made; refuse until then
 
     def open(self) -> None:
         """Create or recover the directory; raises OSError when it cannot be used."""
@@ -123,6 +129,10 @@ class DiskCache:
             pass
         return entry
 
+    def released(self) -> None:
+        """An entry of this process became evictable: room may be made again."""
+        self._full_until = 0.0
+
     @property
     def used(self) -> int:
         with self._mutex:
@@ -134,9 +144,13 @@ class DiskCache:
         with self._locked():
             used = self._read_usage()
             if not self._fits(used, nbytes):
-                used = self._scan_and_evict(nbytes)
+                if time.monotonic() < self._full_until:
+                    self.stats.add(skipped_bytes=nbytes)
+                    return False
+                used = self._scan_and_evict(nbytes, low_water=True)
                 if not self._fits(used, nbytes):
                     self._write_usage(used)
+                    self._full_until = time.monotonic() + FULL_BACKOFF
                     self.stats.add(skipped_bytes=nbytes)
                     return False
             self._write_usage(used + nbytes)
@@ -153,16 +167,19 @@ class DiskCache:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _fits(self, used: int, nbytes: int) -> bool:
+    def _fits(self, used: int, nbytes: int, slack: int = 0) -> bool:
+        """Whether `nbytes` more fit, with `slack` bytes to spare on both limits."""
         # 1% of the limit stays free for what the filesystem itself allocates to
         # sparse files (extent blocks, a partial last page), which no count here sees.
-        if used + nbytes > self.limits.size - self.limits.size // 100:
+        if used + nbytes + slack > self.limits.size - self.limits.size // 100:
             return False
         st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize - nbytes >= self.limits.min_free
+        return st.f_bavail * st.f_frsize - nbytes - slack >= self.limits.min_free
 
-    def _scan_and_evict(self, nbytes: int) -> int:
-        """Measure every entry; evict least recently used ones until `nbytes` fit."""
+    def _scan_and_evict(self, nbytes: int, *, low_water: bool = False) -> int:
+        """Measure every entry; evict least recently used ones until `nbytes` fit (with
+        `low_water`: until they fit below the low-water mark, when that can be done)."""
+        slack = int(self.limits.size * (1 - LOW_WATER)) if low_water else 0
         found = []
         for path in self.entries.glob("*/*"):
             if ".tmp." in path.name:
@@ -175,7 +192,7 @@ class DiskCache:
         used = sum(size for _, _, size in found)
         found.sort()
         for _, victim, _size in found:
-            if self._fits(used, nbytes):
+            if self._fits(used, nbytes, slack):
                 break
             freed = try_evict(victim)
             if freed is None:

@@ -1,10 +1,13 @@
 """`mount.fuse.modelfs`: lets mount(8) and /etc/fstab start a modelfs mount.
 
 mount(8) runs `mount.fuse.modelfs SOURCE MOUNTPOINT -o OPTIONS`. SOURCE may be
-the hub URL; OPTIONS carry settings as key=value (`hub=`, `repo=` repeatable,
-`repo_type=`, `region=`, `inter_regions=a:b`, `config=`, `memory=`, `read_timeout=`,
-`allow_other`, `log_file=`). Generic mount options (noauto, _netdev, x-systemd.…)
-are for mount(8) and systemd and are ignored here. Example fstab line:
+the hub URL; OPTIONS carry settings as key=value, one for every setting of
+`modelfs mount` under the name of its flag with '_' for '-' (`hub=`, `repo=`
+repeatable, `repo_type=`, `region=`, `inter_regions=a:b`, `cache_dir=`, ...: see
+`fusefs.config.SETTINGS`), plus `config=` and `log_file=`. A boolean setting may be
+given bare (`allow_other`). Lists take ':' between items, since ',' separates
+mount options. Generic mount options (noauto, _netdev, x-systemd.…) are for
+mount(8) and systemd and are ignored here. Example fstab line:
 
     http://hub:8080  /models  fuse.modelfs  repo=Qwen/Qwen3-8B,region=cn-hangzhou,_netdev  0 0
 """
@@ -14,19 +17,16 @@ from __future__ import annotations
 import os
 import sys
 
-_VALUED = {
-    "hub": "--hub",
-    "repo": "--repo",
-    "repo_type": "--repo-type",
-    "region": "--region",
-    "config": "--config",
-    "inter_regions": "--inter-regions",
-    "memory": "--memory",
-    "read_timeout": "--read-timeout",
-    "log_file": "--log-file",
-    "metrics": "--metrics",
-}
-_FLAGS = {"allow_other": "--allow-other"}
+from fusefs.config import SETTINGS, Setting, is_boolean, is_list
+
+
+def _option(s: Setting) -> str:
+    return s.flag.removeprefix("--").replace("-", "_")
+
+
+# Built from the settings table, so that every setting is an option and none can drift.
+_SETTINGS: dict[str, Setting] = {_option(s): s for s in SETTINGS}
+_OTHER = {"config": "--config", "log_file": "--log-file"}  # options of the command itself
 _IGNORED = {
     "ro",
     "rw",
@@ -64,14 +64,15 @@ def translate(source: str, mountpoint: str, options: str) -> list[str]:
         args += ["--hub", source]
     for opt in filter(None, options.split(",")):
         key, eq, value = opt.partition("=")
-        if key in _VALUED:
+        setting = _SETTINGS.get(key)
+        if setting is not None and is_boolean(setting) and not eq:
+            args += [setting.flag, "true"]
+        elif setting is not None or key in _OTHER:
             if not eq or not value:
                 raise HelperError(f"option {key} needs a value ({key}=…)")
-            if key == "inter_regions":
+            if setting is not None and is_list(setting) and not setting.repeatable:
                 value = value.replace(":", ",")  # commas already separate mount options
-            args += [_VALUED[key], value]
-        elif key in _FLAGS and not eq:
-            args.append(_FLAGS[key])
+            args += [setting.flag if setting is not None else _OTHER[key], value]
         elif key in _IGNORED or key.startswith(("x-", "comment=")):
             continue
         else:

@@ -73,6 +73,8 @@ def mount(
         metrics=given.metrics,
         cache_dir=given.cache_dir,
         cache_limits=CacheLimits(size=given.cache_size, min_free=given.cache_min_free),
+        linger=given.linger,
+        max_streams=given.max_streams,
     )
     if not foreground:
         sys.exit(_start_in_background(mountpoint, log_file))

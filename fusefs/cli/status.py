@@ -46,10 +46,14 @@ def status(mountpoint: str, as_json: bool) -> None:
         f"memory   {human_bytes(mem['in_use'])} of {human_bytes(mem['limit'])} "
         f"({mem['evictions']} evictions)"
     )
+    streams, fds = state["streams"], state["descriptors"]
     click.echo(
-        f"streams  {state['stream_reopens']} reopens   probes: "
+        f"streams  {streams['open']} open of {streams['limit']} (peak {streams['peak']}, "
+        f"{streams['waiting']} waiting)   {state['stream_reopens']} reopens, "
+        f"{state['stream_refusals']} refused   probes: "
         + (", ".join(f"{k} {v}" for k, v in sorted(state["probes"].items())) or "0")
     )
+    click.echo(f"fds      {fds['open']} open of {fds['limit']}")
     if cache := state.get("cache"):
         click.echo(
             f"cache    {human_bytes(cache['used'])} of {human_bytes(cache['limit'])} in "
@@ -59,12 +63,15 @@ def status(mountpoint: str, as_json: bool) -> None:
         )
     if state["errors"]:
         click.echo("errors   " + ", ".join(f"{k} {v}" for k, v in sorted(state["errors"].items())))
-    click.echo(f"files    {state['files_open']} with a data path")
+    click.echo(
+        f"files    {state['files_open']} open, {state['data_paths']} with a data path "
+        "(closed ones linger a moment)"
+    )
     for f in state["files"]:
         where = f"{f['source']} {f['region']}".strip()
         click.echo(
             f"  {f['marker']} {f['path']}  {human_bytes(f['bytes_read'])} read  [{where}]"
-            f"  reopens {f['stream_reopens']}"
+            f"  handles {f['handles']}  reopens {f['stream_reopens']}"
         )
     if state["files_not_listed"]:
         click.echo(f"  … and {state['files_not_listed']} more")

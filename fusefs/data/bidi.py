@@ -1,7 +1,8 @@
 """One BidiReadObject stream per file, shared by every reader of that file.
 
 Requests go out through a queue that gRPC drains on its own thread; responses
-are consumed by one receive thread per stream generation, which checks each
+are consumed by one receive thread per stream generation (which also starts the
+call, and is reused for the next generation when there are `Receivers`); it checks each
 chunk (CRC32C, offset, bounds) and appends it to the `RangeRead` its `read_id`
 names. The receive thread never waits on a reader: it only appends and wakes.
 Responses arrive as the bytes gRPC received and are decoded by `decode`, so a
@@ -12,17 +13,27 @@ one thread — the receive thread of that generation — so the stream is reopen
 once per break: a new generation resends every pending range from its first
 missing byte, with the same read_id, the read handle, the routing token and the
 pinned object generation. Consecutive breaks without progress are bounded in
-count and time; past that, pending reads fail and the next read starts afresh.
+count and time; past that, pending reads fail and the next read starts afresh. A
+store that refuses for want of capacity (RESOURCE_EXHAUSTED) is asked again, on the
+same stream, with a jittered backoff, for a bounded time of its own: it is busy, not
+broken, and another region is only tried after that.
+
+Within a data client the stream holds one of its `StreamSlots` while open: it asks for
+one when it starts, waits its turn when none is free, and tells the slots (on the trio
+thread) when it turns idle, so that an idle stream can be closed for another or once
+idle too long. Without slots it never idles out.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 from urllib.parse import quote
 
@@ -34,13 +45,16 @@ from fusefs.data.errors import (
     ChecksumError,
     DataError,
     GoneError,
+    OverloadedError,
     ProtocolError,
     RangeError,
     TransientError,
 )
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
-from fusefs.data.source import SourceCounters
+from fusefs.data.receivers import Receivers
+from fusefs.data.slots import StreamSlots
+from fusefs.data.source import SourceCounters, Waker
 from fusefs.proto import storage_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -65,6 +79,10 @@ class StreamLimits:
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
     idle_timeout: float = 60.0  # close a stream nobody has used for this long
+    # RESOURCE_EXHAUSTED: the store is full, not broken; asked again for this long
+    busy_window: float = 20.0
+    busy_backoff_initial: float = 0.1
+    busy_backoff_max: float = 2.0  # before a random factor of 0.5-1.5: refused clients spread
 
 
 class _Call(Protocol):
@@ -81,8 +99,9 @@ _Requests = queue.SimpleQueue["pb.BidiReadObjectRequest | None"]
 @dataclass
 class _Generation:
     number: int
-    call: _Call
     requests: _Requests
+    metadata: tuple[tuple[str, str], ...]
+    call: _Call | None = None  # set by its receive thread, which starts it
     cancelled: bool = False  # by us: closing, idling, or superseded
 
 
@@ -111,11 +130,20 @@ class BidiStream:
         target: GrpcObject,
         size: int,
         limits: StreamLimits = StreamLimits(),
+        *,
+        slots: StreamSlots | None = None,
+        wake: Waker | None = None,
+        receivers: Receivers | None = None,
     ):
+        if (slots is None) != (wake is None):
+            raise ValueError("slots are told from the trio thread: give both or neither")
         self.target = target
         self.size = size
         self.limits = limits
         self.counters = SourceCounters()
+        self._slots = slots
+        self._wake = wake
+        self._receivers = receivers
         # Responses stay bytes (no deserializer): `decode_response` reads them in place.
         self._rpc: grpc.StreamStreamMultiCallable[pb.BidiReadObjectRequest, bytes] = (
             channel.stream_stream(  # type: ignore[call-arg]  # (the stubs lack this keyword)
@@ -136,28 +164,34 @@ class BidiStream:
         self._routing_token = target.routing_token
         self._failures = 0
         self._first_failure = 0.0
-        self._idle_timer: threading.Timer | None = None
+        self._refusals = 0  # RESOURCE_EXHAUSTED in a row
+        self._first_refusal = 0.0
 
     # -- the reader side -------------------------------------------------------
 
     def submit(self, ranges: list[RangeRead]) -> None:
-        """Send these ranges; opens the stream (again) if it is not open."""
+        """Send these ranges; opens the stream (again) if it is not open: at once when it
+        has or gets a slot, else when its turn comes. Call on the trio thread when the
+        stream has slots."""
         with self._lock:
             if self._closing.is_set():
                 raise DataError(f"{self.target.object}: stream closed")
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             batch = []
             for rr in ranges:
                 read_id = self._next_id
                 self._next_id += 1
                 self._pending[read_id] = rr
                 batch.append((read_id, rr))
-            if self._active is None:
-                self._start_locked()
-            else:
+            if self._active is not None:
                 self._send_locked(self._active, batch)
+            elif self._slots is None:
+                self._start_locked()
+            if self._slots is None or self._active is not None:
+                if self._slots is not None:
+                    self._slots.busy(self)
+                return
+        if self._slots.acquire(self):
+            self.start_granted()
 
     def abandon(self, rr: RangeRead) -> None:
         """A reader gave up on `rr`: stop resending it after breaks."""
@@ -165,17 +199,68 @@ class BidiStream:
             for read_id, pending in list(self._pending.items()):
                 if pending is rr:
                     del self._pending[read_id]
-            self._arm_idle_timer_locked()
+        self._settle()
 
     def close(self) -> None:
         with self._lock:
             self._closing.set()
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
             self._stop_locked()
             pending, self._pending = self._pending, {}
+        if self._slots is not None:
+            self._slots.release(self)
         for rr in pending.values():
             rr.fail(DataError(f"{self.target.object}: stream closed"))
+
+    # -- the slots' side (trio thread) -----------------------------------------
+
+    def start_granted(self) -> bool:
+        with self._lock:
+            if self._closing.is_set() or (self._active is None and not self._pending):
+                return False
+            if self._active is None:
+                self._start_locked()
+        if self._slots is not None:
+            self._slots.busy(self)
+        return True
+
+    def stop_idle(self) -> bool:
+        with self._lock:
+            if self._pending:
+                return False
+            if self._active is not None:
+                log.debug("%s: closing idle stream", self.target.object)
+                self._stop_locked()
+            return True
+
+    def _settle(self) -> None:
+        """After ranges finished or failed: tell the slots whether this stream is idle
+        (open, nothing outstanding) or done with its slot (closed, nothing outstanding)."""
+        slots = self._slots
+        if slots is None:
+            return
+        with self._lock:
+            if self._closing.is_set() or self._pending:
+                return
+            active = self._active is not None
+        if active:
+            slots.idle(self)
+        else:
+            slots.release(self)
+
+    def _notify(self) -> None:
+        """From the receive thread: have `_settle` run on the trio thread."""
+        if self._wake is not None:
+            self._wake(self._settle)
+
+    def confirm(self, generation: int) -> bool:
+        """A stream opened on a guess (generation 0) is told the generation the probe
+        found: True when it reads that generation, or has not been told any by the
+        store yet (then it refuses any other); False when it reads another one."""
+        with self._lock:
+            if self._object_generation not in (0, generation):
+                return False
+            self._object_generation = generation
+            return True
 
     @property
     def open(self) -> bool:
@@ -209,14 +294,18 @@ class BidiStream:
         params = "bucket=" + quote(self.target.bucket_path, safe="")
         if self._routing_token:
             params += "&routing_token=" + quote(self._routing_token, safe="")
-        call = self._rpc(_drain(requests), metadata=(("x-goog-request-params", params),))
-        gen = _Generation(self._generation, call, requests)
+        gen = _Generation(self._generation, requests, (("x-goog-request-params", params),))
         self._send_locked(gen, rest)
         self._active = gen
         self.counters.opens += 1
-        threading.Thread(
-            target=self._receive, args=(gen,), daemon=True, name=f"bidi-recv-{gen.number}"
-        ).start()
+        # The call is started by the thread that reads it: starting one (and gRPC's own
+        # request thread) blocks, and the caller is often the FUSE loop.
+        if self._receivers is not None:
+            self._receivers.run(partial(self._receive, gen))
+        else:
+            threading.Thread(
+                target=self._receive, args=(gen,), daemon=True, name=f"bidi-recv-{gen.number}"
+            ).start()
 
     @staticmethod
     def _send_locked(gen: _Generation, batch: list[tuple[int, RangeRead]]) -> None:
@@ -235,40 +324,36 @@ class BidiStream:
         if gen is not None:
             gen.cancelled = True
             gen.requests.put(None)
-            gen.call.cancel()
-
-    def _arm_idle_timer_locked(self) -> None:
-        if self._pending or self._active is None or self._idle_timer is not None:
-            return
-        timer = threading.Timer(
-            self.limits.idle_timeout, self._close_if_idle, args=(self._active.number,)
-        )
-        timer.daemon = True
-        self._idle_timer = timer
-        timer.start()
-
-    def _close_if_idle(self, number: int) -> None:
-        with self._lock:
-            self._idle_timer = None
-            if self._active is not None and self._active.number == number and not self._pending:
-                log.debug("%s: closing idle stream", self.target.object)
-                self._stop_locked()
+            if gen.call is None:
+                pass  # its receive thread cancels it as soon as it has started it
+            elif self._receivers is not None:
+                # Cancelling waits for the call's lock, which its reader holds most of
+                # the time: ~0.4 ms of the FUSE loop per stream closed, unless done here.
+                self._receivers.run(gen.call.cancel)
+            else:
+                gen.call.cancel()
 
     # -- the receive thread ----------------------------------------------------
 
     def _receive(self, gen: _Generation) -> None:
+        """The receive thread of one generation: starts its call, reads it to the end."""
+        call = self._rpc(_drain(gen.requests), metadata=gen.metadata)
+        with self._lock:
+            gen.call = call
+            if gen.cancelled:
+                call.cancel()  # stopped before it started
         try:
-            for response in gen.call:
+            for response in call:
                 self._on_response(response)
             outcome = _Break(None)
         except grpc.RpcError as e:
             outcome = _classify(e)
         except ProtocolError as e:
             self.counters.bad_chunks += 1
-            gen.call.cancel()
+            call.cancel()
             outcome = _Break(e)
         except _Break as e:
-            gen.call.cancel()
+            call.cancel()
             outcome = e
         finally:
             gen.requests.put(None)  # lets gRPC's request thread finish
@@ -277,6 +362,7 @@ class BidiStream:
 
     def _on_response(self, message: bytes) -> None:
         response = decode_response(message)
+        self._refusals = 0  # the store took the stream: no longer refused
         if response.metadata is not None:
             meta = response.metadata
             # Other bytes than the pinned listing promised: never serve them.
@@ -287,14 +373,15 @@ class BidiStream:
                         f"the pinned listing says {self.size}"
                     )
                 )
-            if self._object_generation and meta.generation != self._object_generation:
-                raise _Break(
-                    GoneError(
-                        f"{self.target.object}: generation {meta.generation}, "
-                        f"pinned {self._object_generation}"
+            with self._lock:  # `confirm` pins the generation from the trio thread
+                if self._object_generation and meta.generation != self._object_generation:
+                    raise _Break(
+                        GoneError(
+                            f"{self.target.object}: generation {meta.generation}, "
+                            f"pinned {self._object_generation}"
+                        )
                     )
-                )
-            self._object_generation = meta.generation
+                self._object_generation = meta.generation
         if response.read_handle is not None:
             self._read_handle = response.read_handle.handle
         for data in response.ranges:
@@ -308,35 +395,76 @@ class BidiStream:
             if data.content_crc32c() != data.crc32c:
                 raise ChecksumError(f"{self.target.object}: CRC32C mismatch at {data.read_offset}")
             complete = rr.feed(data.read_offset, data.content)
-            self._failures = 0
             if data.range_end and not complete:
                 raise ProtocolError(
                     f"{self.target.object}: range {read_id} ended at "
                     f"{rr.next_offset}, before {rr.end}"
                 )
+            if data.size:
+                # Bytes received: the breaks before them are forgiven. Only bytes: a
+                # server that ends ranges early without any would otherwise be reopened
+                # forever, every break looking like the first.
+                self._failures = 0
             if complete:
                 with self._lock:
                     self._pending.pop(read_id, None)
-                    self._arm_idle_timer_locked()
+                    idle = not self._pending
+                if idle:
+                    self._notify()
 
     def _after_break(self, gen: _Generation, outcome: _Break) -> None:
+        delay = self._retry_delay(gen, outcome)
+        if delay is None:
+            self._notify()  # closed with nothing outstanding: its slot is free
+            return
+        if self._closing.wait(delay):
+            return
+        with self._lock:
+            if self._active is None and self._pending and not self._closing.is_set():
+                self.counters.reopens += 1
+                self._start_locked()
+                return
+        self._notify()
+
+    def _retry_delay(self, gen: _Generation, outcome: _Break) -> float | None:
+        """Seconds until the stream reopens after `gen` ended, or None when it stays closed
+        (nothing outstanding, or every outstanding range failed)."""
         with self._lock:
             if self._active is not gen:
-                return
+                return None
             self._active = None
             for read_id, error in outcome.range_errors.items():
                 rr = self._pending.pop(read_id, None)
                 if rr is not None:
                     rr.fail(error)
             if not self._pending:
-                return
+                return None
             error = outcome.error or TransientError(
                 f"{self.target.object}: stream ended with ranges outstanding"
             )
             if not isinstance(error, TransientError):
                 self._fail_all_locked(error)
-                return
+                return None
             now = time.monotonic()
+            if isinstance(error, OverloadedError):
+                self.counters.refusals += 1
+                if self._refusals == 0:
+                    self._first_refusal = now
+                self._refusals += 1
+                if now - self._first_refusal > self.limits.busy_window:
+                    log.warning(
+                        "%s: still refused after %.0fs: %s",
+                        self.target.object,
+                        now - self._first_refusal,
+                        error,
+                    )
+                    self._refusals = 0
+                    self._fail_all_locked(error)
+                    return None
+                backoff = self.limits.busy_backoff_initial * 2.0 ** min(self._refusals - 1, 16)
+                delay = min(backoff, self.limits.busy_backoff_max) * random.uniform(0.5, 1.5)
+                log.info("%s: %s; asking again in %.2fs", self.target.object, error, delay)
+                return delay
             if self._failures == 0:
                 self._first_failure = now
             self._failures += 1
@@ -349,7 +477,7 @@ class BidiStream:
                 )
                 self._failures = 0
                 self._fail_all_locked(error)
-                return
+                return None
             if outcome.redirect is not None:
                 self.counters.redirects += 1
                 if outcome.redirect.HasField("routing_token"):
@@ -359,15 +487,11 @@ class BidiStream:
                 delay = 0.0
             else:
                 delay = min(
-                    self.limits.backoff_initial * 2 ** (self._failures - 1), self.limits.backoff_max
+                    self.limits.backoff_initial * 2.0 ** (self._failures - 1),
+                    self.limits.backoff_max,
                 )
             log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
-        if self._closing.wait(delay):
-            return
-        with self._lock:
-            if self._active is None and self._pending and not self._closing.is_set():
-                self.counters.reopens += 1
-                self._start_locked()
+            return delay
 
     def _fail_all_locked(self, error: DataError) -> None:
         pending, self._pending = self._pending, {}
@@ -406,6 +530,8 @@ def _classify(e: grpc.RpcError) -> _Break:
         return _Break(TransientError(message), redirect=redirect)
     if range_errors:
         return _Break(TransientError(message), range_errors=range_errors)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _Break(OverloadedError(message))
     if code in _GONE_CODES:
         return _Break(GoneError(message))
     if code in (

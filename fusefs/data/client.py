@@ -1,4 +1,5 @@
-"""The data plane as one object: channels, the memory budget, readers by location.
+"""The data plane as one object: channels, the memory budget, the stream slots and the
+reaper that closes idle streams, readers by location.
 
 This is also the library API for tools that read without a mount:
 
@@ -19,14 +20,21 @@ import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
 from fusefs.data.http import HttpRangeSource
-from fusefs.data.location import location_kind, parse_grpc_url
+from fusefs.data.location import BadLocation, location_kind, parse_grpc_url
 from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import trio_waker
 from fusefs.data.reader import FileReader, ReadLimits
-from fusefs.data.source import RangeSource
+from fusefs.data.reaper import Reaper
+from fusefs.data.receivers import Receivers
+from fusefs.data.slots import StreamSlots
+from fusefs.data.source import GuessedSource, RangeSource, Waker
 
 MiB = 1 << 20
 DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
+# As many streams as FUSE requests in flight (fs.mount.FUSE_WORKERS): demand reads never
+# wait for a stream; a quarter of what one store served at once (256), so that several
+# mounts share a store without a refusal.
+DEFAULT_MAX_STREAMS = 64
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 32 * MiB),
@@ -44,10 +52,16 @@ class DataClient:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         read_limits: ReadLimits = ReadLimits(),
         stream_limits: StreamLimits = StreamLimits(),
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ):
         self.budget = MemoryBudget(memory_budget)
         self.read_limits = read_limits
         self.stream_limits = stream_limits
+        self.reaper = Reaper()  # runs while the client is entered; others may add parts
+        self.slots = StreamSlots(max_streams, stream_limits.idle_timeout, self.reaper)
+        self.receivers = Receivers(keep=max_streams)
+        self.reaper.add(self.slots)
+        self._wake: Waker | None = None
         self._channels: dict[tuple[str, bool], grpc.Channel] = {}
         self._readers: weakref.WeakSet[FileReader] = weakref.WeakSet()
         self._stack = AsyncExitStack()
@@ -65,6 +79,8 @@ class DataClient:
         )
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._stack.callback(self.close)
+        self._wake = trio_waker()
+        self._nursery.start_soon(self.reaper.run)
         return self
 
     async def __aexit__(
@@ -93,10 +109,26 @@ class DataClient:
             if self._http is None or self._nursery is None:
                 raise RuntimeError("DataClient used outside `async with`")
             return HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
+        if self._wake is None:
+            raise RuntimeError("DataClient used outside `async with`")
         target = parse_grpc_url(location)
         return BidiStream(
-            self.channel(target.endpoint, target.tls), target, size, self.stream_limits
+            self.channel(target.endpoint, target.tls),
+            target,
+            size,
+            self.stream_limits,
+            slots=self.slots,
+            wake=self._wake,
+            receivers=self.receivers,
         )
+
+    def open_guess(self, location: str, size: int) -> GuessedSource:
+        """A stream to a predicted grpc location (generation 0: whichever the store has),
+        to be confirmed against the probe before a byte of it is used."""
+        stream = self.open_source(location, size)
+        if not isinstance(stream, BidiStream):
+            raise BadLocation(f"only a grpc location can be guessed: {location!r}")
+        return stream
 
     def reader(self, source: RangeSource, size: int, name: str, *, align: int = 1) -> FileReader:
         """A reader over `source`, charged to this client's budget; call from inside trio."""

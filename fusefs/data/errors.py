@@ -11,6 +11,10 @@ class TransientError(DataError):
     """The path may work again: stream break, UNAVAILABLE, timeout, bad chunk."""
 
 
+class OverloadedError(TransientError):
+    """The server refused for want of capacity (RESOURCE_EXHAUSTED): ask it again later."""
+
+
 class ProtocolError(TransientError):
     """The server sent something we must not accept (offset, size, checksum)."""
 

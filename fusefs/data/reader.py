@@ -79,6 +79,13 @@ class FileReader:
             for rr in covering:
                 rr.pins -= 1
 
+    def prefetch(self, offset: int, size: int) -> None:
+        """Ask for [offset, offset + size) before any read does (the head of a file being
+        opened); skipped when the memory budget has no room for it."""
+        end = min(offset + size, self.size)
+        if offset < end:
+            self._request(offset, end, force=False, pin=False)
+
     async def _assemble(
         self, covering: list[RangeRead], offset: int, end: int
     ) -> bytes | memoryview:

@@ -9,7 +9,7 @@ source for attributes it may not have.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from fusefs.data.ranges import RangeRead
@@ -28,7 +28,13 @@ class SourceCounters:
     bad_chunks: int = 0  # chunks refused (CRC, offsets, framing)
     requests: int = 0  # ranged HTTP requests sent
     retries: int = 0  # ranged HTTP requests sent again after a failure
+    refusals: int = 0  # streams refused by a full store (RESOURCE_EXHAUSTED), asked again
     bytes: int = 0  # received from the network
+
+    def add(self, other: SourceCounters) -> None:
+        """Fold another transport's counts into these (a closed one's, for totals)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class RangeSource(Protocol):
@@ -47,3 +53,31 @@ class RangeSource(Protocol):
     def abandon(self, rr: RangeRead) -> None: ...
 
     def close(self) -> None: ...
+
+
+class GuessedSource(RangeSource, Protocol):
+    """A source opened on a predicted location, before the file's probe answered."""
+
+    def confirm(self, generation: int) -> bool:
+        """The probe named this very object at `generation`: True when the source reads
+        that generation (then it never serves another), False when it does not."""
+        ...
+
+
+class NoSource:
+    """The source of a file with no bytes: a reader never asks it for anything."""
+
+    counters = SourceCounters()  # never bumped
+    progress = 0
+
+    def submit(self, ranges: list[RangeRead]) -> None:
+        raise ValueError("an empty file has no ranges")
+
+    def abandon(self, rr: RangeRead) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NO_SOURCE = NoSource()

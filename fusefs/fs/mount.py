@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import re
+import resource
 import signal
 import stat
 import subprocess
@@ -19,7 +20,7 @@ import trio
 from fusefs.cache.listings import load_listing, save_listing
 from fusefs.cache.source import FileCache, serving
 from fusefs.cache.store import DEFAULT_CACHE_SIZE, CacheLimits, DiskCache
-from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
+from fusefs.data.client import DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET, DataClient
 from fusefs.data.reader import ReadLimits
 from fusefs.fs import systemd
 from fusefs.fs.ops import ModelFS
@@ -28,6 +29,7 @@ from fusefs.hub.client import HubClient, HubError, RepoNotFound, RepoSpec, Snaps
 from fusefs.hub.resolve import Resolver
 from fusefs.vfs.datapath import Services
 from fusefs.vfs.filesystem import Filesystem
+from fusefs.vfs.openfiles import DEFAULT_LINGER, Lifetimes
 from fusefs.vfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ FUSE_WORKERS = 64  # concurrent FUSE requests: readahead, threads and processes 
 READ_AHEAD_KB = 16 * 1024
 MAX_BACKGROUND = 64  # FUSE requests the kernel keeps in flight for read-ahead
 FUSECTL = "/sys/fs/fuse/connections"
+# Descriptors kept for everything but cache entries: the FUSE device, logs, the hub's
+# and the data client's HTTP connections (at most FUSE_WORKERS of each in use), one gRPC
+# channel per endpoint, the cache's lock, the metrics socket, transient opens.
+FD_RESERVE = 256
 
 
 class MountError(Exception):
@@ -58,6 +64,8 @@ class MountSettings:
     metrics: str | None = None  # HOST:PORT for the Prometheus endpoint
     cache_dir: str | None = None  # persistent block cache shared by mounts on this node
     cache_limits: CacheLimits | None = None
+    linger: float = DEFAULT_LINGER  # seconds a closed file keeps its data path
+    max_streams: int = DEFAULT_MAX_STREAMS
 
 
 def check_mountpoint(path: str) -> str:
@@ -149,6 +157,25 @@ def _fusectl_mounted() -> bool:
     return bool(os.listdir(FUSECTL))
 
 
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # what Linux allows by default (fs.nr_open)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.info("could not raise the descriptor limit from %d to %d: %s", soft, hard, e)
+    return soft if soft != resource.RLIM_INFINITY else hard
+
+
+def cache_descriptors(limit: int) -> int:
+    """How many cache entries (one descriptor each) may be open under `limit`."""
+    return max(limit // 4, limit - FD_RESERVE)
+
+
 def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve the mount until unmounted or signalled; MountError if it cannot start."""
     mountpoint = check_mountpoint(settings.mountpoint)
@@ -165,9 +192,14 @@ def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: No
 
 
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
+    fd_limit = raise_descriptor_limit()
     async with (
         HubClient(settings.hub, token=settings.token, repo_type=settings.repo_type) as hub,
-        DataClient(memory_budget=settings.memory_budget, read_limits=settings.read_limits) as data,
+        DataClient(
+            memory_budget=settings.memory_budget,
+            read_limits=settings.read_limits,
+            max_streams=settings.max_streams,
+        ) as data,
         _open_cache(settings) as cache,
     ):
         region = settings.region or await hub.detect_region()
@@ -192,8 +224,21 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             "read_timeout": settings.read_limits.deadline,
             "metrics": settings.metrics,
             "cache_dir": settings.cache_dir,
+            "linger": settings.linger,
+            "max_streams": settings.max_streams,
         }
-        fs = Filesystem(tree, hub, Services(Resolver(hub, region, settings.peers), data, cache))
+        lifetimes = Lifetimes(
+            settings.linger, keep=settings.max_streams, cached=cache_descriptors(fd_limit)
+        )
+        log.info(
+            "descriptors: limit %d, at most %d cache entries open; at most %d streams",
+            fd_limit,
+            lifetimes.cached,
+            settings.max_streams,
+        )
+        fs = Filesystem(
+            tree, hub, Services(Resolver(hub, region, settings.peers), data, cache), lifetimes
+        )
         ops = ModelFS(fs, view)
         if settings.metrics:
             try:

@@ -158,7 +158,9 @@ class ModelFS(pyfuse3.Operations):
 
     @guarded
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        pass
+        # Nothing to flush on a read-only mount; ENOSYS tells the kernel never to ask
+        # again, which saves a FUSE round trip on every close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     # -- visibility ------------------------------------------------------------
 

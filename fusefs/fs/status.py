@@ -9,6 +9,8 @@ snapshot rather than reading them while they change.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fusefs.cache.source import FileCache
+from fusefs.data.source import SourceCounters
 from fusefs.vfs.filesystem import Filesystem
 
 STATUS_XATTR = b"user.modelfs.status"
@@ -27,8 +30,11 @@ STATUS_MAX_BYTES = 60_000  # the JSON must fit one xattr value (64 KiB at most)
 def snapshot(fs: Filesystem, settings_view: dict[str, object]) -> dict[str, Any]:
     """The mount's state as plain data; call on the trio thread."""
     files: list[dict[str, Any]] = []
+    moved = SourceCounters()
+    moved.add(fs.counters.retired)
     for inode, path in fs.files.items():
-        moved = path.reader.source.counters
+        mine = path.counters
+        moved.add(mine)
         files.append(
             {
                 "path": path.file.path,
@@ -38,14 +44,15 @@ def snapshot(fs: Filesystem, settings_view: dict[str, object]) -> dict[str, Any]
                 "endpoint": path.resolution.location,
                 "handles": fs.handles(inode),
                 "bytes_read": path.bytes_read,
-                "stream_opens": moved.opens,
-                "stream_reopens": moved.reopens,
-                "http_retries": moved.retries,
+                "stream_opens": mine.opens,
+                "stream_reopens": mine.reopens,
+                "http_retries": mine.retries,
                 "buffered": path.reader.buffered,
             }
         )
     files.sort(key=lambda f: f["path"])
-    resolver, budget, served = fs.services.resolver, fs.services.data.budget, fs.counters
+    resolver, data, served = fs.services.resolver, fs.services.data, fs.counters
+    budget, slots = data.budget, data.slots
     state: dict[str, Any] = {
         "mountpoint": settings_view.get("mountpoint"),
         "settings": settings_view,
@@ -53,11 +60,23 @@ def snapshot(fs: Filesystem, settings_view: dict[str, object]) -> dict[str, Any]
         "region": resolver.region,
         "peers": list(resolver.peers),
         "repos": [f"{s.repo}@{s.revision} ({s.commit[:12]})" for s in fs.tree.snapshots()],
-        "files_open": len(files),
+        "files_open": fs.files.with_handles,  # with a handle open right now
+        "data_paths": len(fs.files),  # open files, and closed ones still lingering
+        "data_paths_closed": fs.files.closed,
+        "streams": {
+            "open": slots.open,
+            "limit": slots.limit,
+            "peak": slots.peak,
+            "waiting": slots.waiting,
+            "waited": slots.waits,
+            "closed_idle": slots.closed_idle,
+        },
+        "descriptors": descriptors(),
         "bytes_read": dict(served.bytes_by_source),
-        "stream_opens": sum(f["stream_opens"] for f in files),
-        "stream_reopens": sum(f["stream_reopens"] for f in files),
-        "retries": sum(f["stream_reopens"] + f["http_retries"] for f in files),
+        "stream_opens": moved.opens,
+        "stream_reopens": moved.reopens,
+        "stream_refusals": moved.refusals,
+        "retries": moved.reopens + moved.retries,
         "probes": dict(resolver.probes),
         "memory": {"in_use": budget.in_use, "limit": budget.limit, "evictions": budget.evictions},
         "errors": dict(served.errors),
@@ -75,6 +94,15 @@ def snapshot(fs: Filesystem, settings_view: dict[str, object]) -> dict[str, Any]
         state["files"].append(f)
     state["files_not_listed"] = len(files) - len(state["files"])
     return state
+
+
+def descriptors() -> dict[str, int]:
+    """File descriptors this process has open, and its (soft) limit."""
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # less the one listing them
+    except OSError:
+        used = -1
+    return {"open": used, "limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
 
 
 def _cache_state(cache: FileCache | None) -> dict[str, Any] | None:
@@ -163,8 +191,28 @@ class _Collector:
             used.add_metric(["limit"], cache["limit"])
             yield used
         yield GaugeMetricFamily(
-            "modelfs_open_files", "Files with a data path", value=state["files_open"]
+            "modelfs_open_files", "Files with a handle open", value=state["files_open"]
         )
+        yield GaugeMetricFamily(
+            "modelfs_data_paths",
+            "Files with a data path (open, or closed and lingering)",
+            value=state["data_paths"],
+        )
+        streams = GaugeMetricFamily("modelfs_streams", "Data streams", labels=["state"])
+        for key in ("open", "limit", "peak", "waiting"):
+            streams.add_metric([key], state["streams"][key])
+        yield streams
+        yield CounterMetricFamily(
+            "modelfs_stream_refusals",
+            "Streams refused by a full store (RESOURCE_EXHAUSTED), then asked again",
+            value=state["stream_refusals"],
+        )
+        fds = GaugeMetricFamily(
+            "modelfs_descriptors", "File descriptors of the mount process", labels=["state"]
+        )
+        fds.add_metric(["open"], state["descriptors"]["open"])
+        fds.add_metric(["limit"], state["descriptors"]["limit"])
+        yield fds
 
 
 def serve_metrics(fs: Filesystem, settings_view: dict[str, object], address: str) -> None:

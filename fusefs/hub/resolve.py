@@ -17,29 +17,34 @@ opened, so (keys always include the commit):
   a walk with a transient failure (timeout, 5xx, refused) is not remembered;
 * an inline `200` (a small file served by the hub itself) decides nothing for
   the repo's other files.
+
+What a winning internal answer looked like is kept with the winner, for the pinned
+commit: `predict` names where another file of the repo most likely is (same endpoint
+and bucket, objects named the same way), so that its stream can be opened while its
+own probe runs. A prediction is only ever a guess to confirm: the probe decides.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from fusefs.data.location import BadLocation, is_internal, location_kind
+from fusefs.data.location import BadLocation, GrpcObject, is_internal, location_kind, parse_grpc_url
 from fusefs.hub.client import Answer, HubError, RepoId
 
 log = logging.getLogger(__name__)
 
-MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●"}
+MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●", "empty": " "}
 _CDN = ""  # the winner value meaning "no region had it internally"
 
 
 @dataclass(frozen=True)
 class Resolution:
-    source: str  # local | peer | cdn | cache (whole and verified on local disk)
+    source: str  # local | peer | cdn | cache (whole and verified on local disk) | empty
     region: str  # the region whose endpoint serves it ("" for the public path)
     location: str
 
@@ -52,13 +57,51 @@ class ResolveError(HubError):
     pass
 
 
+@dataclass(frozen=True)
+class _Naming:
+    """How the winning region names a repo's objects: the object of one file, minus its path."""
+
+    source: str
+    region: str
+    target: GrpcObject
+    prefix: str  # the object name of every file is prefix + its path
+
+    @classmethod
+    def learn(cls, res: Resolution, path: str) -> _Naming | None:
+        try:
+            target = parse_grpc_url(res.location)
+        except BadLocation:
+            return None  # http(s) locations may be signed per file: nothing to predict
+        if not target.object.endswith(path):
+            return None
+        prefix = target.object[: len(target.object) - len(path)]
+        if prefix and not prefix.endswith("/"):
+            return None
+        return cls(res.source, res.region, target, prefix)
+
+    def predict(self, path: str) -> Resolution:
+        t = self.target
+        guess = GrpcObject(t.endpoint, t.bucket, self.prefix + path, generation=0, tls=t.tls)
+        return Resolution(self.source, self.region, guess.url())
+
+
 @dataclass
 class _Winner:
     region: str  # a region name, or _CDN
     expires: float  # monotonic time; inf for an internal winner
+    naming: _Naming | None = None  # for an internal winner with a grpc location
 
 
 _ProbeKey = tuple[RepoId, str, str, str | None]  # repo, commit, path, region
+
+
+@dataclass
+class _Flight:
+    """One probe in flight, and what it found, for the identical probes that wait on it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None  # None: it failed transiently (or was cancelled)
+    missing: ResolveError | None = None  # the file does not exist at that commit
 
 
 class Prober(Protocol):
@@ -89,7 +132,7 @@ class Resolver:
         self.probes: Counter[str] = Counter()  # by outcome
         self._winners: dict[tuple[RepoId, str], _Winner] = {}
         self._walking: dict[tuple[RepoId, str], trio.Event] = {}
-        self._inflight: dict[_ProbeKey, tuple[trio.Event, list[Answer | None]]] = {}
+        self._inflight: dict[_ProbeKey, _Flight] = {}
 
     @property
     def candidates(self) -> list[tuple[str, str | None]]:
@@ -115,10 +158,15 @@ class Resolver:
                 self._walking.pop(key).set()
         if conclusive and not exclude:
             if res.source != "cdn":
-                self._winners[key] = _Winner(res.region, float("inf"))
+                if winner is None or winner.region != res.region or winner.naming is None:
+                    naming = _Naming.learn(res, path)
+                    self._winners[key] = _Winner(res.region, float("inf"), naming)
             elif winner is None or winner.region != _CDN:
                 self._winners[key] = _Winner(_CDN, trio.current_time() + self.miss_ttl)
-        log.info(
+        # One line when a repo's files start coming from somewhere, not one per file.
+        known = winner is not None and winner.region == (res.region or _CDN)
+        log.log(
+            logging.DEBUG if known and not exclude else logging.INFO,
             "%s %s/%s via %s%s",
             res.marker,
             repo,
@@ -127,6 +175,15 @@ class Resolver:
             f" ({res.region})" if res.region else "",
         )
         return res
+
+    def predict(self, repo: RepoId, commit: str, path: str) -> Resolution | None:
+        """Where `path` most likely is, when the repo's winning region is known and names
+        its objects predictably (its generation unknown: 0); else None. A guess: only
+        `resolve` says where a file is."""
+        winner = self._winner((repo, commit))
+        if winner is None or winner.naming is None:
+            return None
+        return winner.naming.predict(path)
 
     def _winner(self, key: tuple[RepoId, str]) -> _Winner | None:
         winner = self._winners.get(key)
@@ -173,16 +230,21 @@ class Resolver:
         """One probe (shared with identical ones in flight); None if it failed transiently."""
         key = (repo, commit, path, region)
         if (shared := self._inflight.get(key)) is not None:
-            await shared[0].wait()
-            return shared[1][0]
-        done, box = trio.Event(), list[Answer | None]([None])
-        self._inflight[key] = (done, box)
+            await shared.done.wait()
+            if shared.missing is not None:
+                raise shared.missing  # the leader's 404 is every follower's 404
+            return shared.answer
+        flight = _Flight()
+        self._inflight[key] = flight
         try:
-            box[0] = await self._probe_with_retries(repo, commit, path, region)
-            return box[0]
+            flight.answer = await self._probe_with_retries(repo, commit, path, region)
+            return flight.answer
+        except ResolveError as e:
+            flight.missing = e
+            raise
         finally:
             del self._inflight[key]
-            done.set()
+            flight.done.set()
 
     async def _probe_with_retries(
         self, repo: RepoId, commit: str, path: str, region: str | None

@@ -172,6 +172,7 @@ class BidiReadService:
     def BidiReadObject(
         self, request_iterator: Iterator[pb.BidiReadObjectRequest], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
+        self.stats.stream_begins(self.region.name)
         try:
             yield from self._serve(request_iterator, context)
         except _Abort as e:
@@ -185,6 +186,8 @@ class BidiReadService:
                     (("grpc-status-details-bin", status.SerializeToString()),)
                 )
             context.abort(e.code, e.message)
+        finally:
+            self.stats.stream_ends(self.region.name)
 
     def _fault(self, kind: str) -> Fault | None:
         return self.faults.take(kind, self.region.name) if self.faults else None

@@ -48,7 +48,7 @@ class Cdn:
             held = self.ctx.regions.get(region)
             if held is None or not held.holds(str(repo)):
                 return error(404, f"region {region!r} holds no {repo.key}")
-        state = await trio.to_thread.run_sync(self.ctx.store.state, repo)
+        state = await trio.to_thread.run_sync(self.ctx.store.state_for_file, repo, commit, path)
         f = state.files.get(path)
         if commit != state.commit or f is None:
             return error(404, "no such file at that commit")

@@ -131,8 +131,12 @@ class HubApi:
             if openapi:
                 return openapi_fail(404, "ResourceNotFound", f"{repo.repo_type} {repo} not found")
             return fail(404, f"{repo.repo_type} {repo} not found")
-        state, names = await self._view(repo)
         what = m[5] or ""
+        if what == "/repo" and not openapi:  # one file: no walk of the repo when unchanged
+            file_path = req.query.get("FilePath", "")
+            state, names = await self._view(repo, req.query.get("Revision"), file_path)
+        else:
+            state, names = await self._view(repo)
         if openapi:
             return openapi_ok(self.info(repo, names, openapi=True))
         if what == "":
@@ -150,9 +154,16 @@ class HubApi:
         regions = self.ctx.regions
         return self.ctx.client_region or (next(iter(regions)) if len(regions) == 1 else None)
 
-    async def _view(self, repo: RepoId) -> tuple[RepoState, _Names]:
-        """The repo's current state, and its names (built once per state)."""
-        state = await trio.to_thread.run_sync(self.ctx.store.state, repo)
+    async def _view(
+        self, repo: RepoId, revision: str | None = None, path: str | None = None
+    ) -> tuple[RepoState, _Names]:
+        """The repo's current state, and its names (built once per state); for a request
+        of one `path` at a `revision`, the state known when that file is unchanged."""
+        store = self.ctx.store
+        if path is None:
+            state = await trio.to_thread.run_sync(store.state, repo)
+        else:
+            state = await trio.to_thread.run_sync(store.state_for_file, repo, revision, path)
         known = self._names.get(repo)
         if known is not None and known.commit == state.commit:
             return state, known

@@ -122,6 +122,17 @@ class Store:
                 self._digests[f.key] = known
         return known
 
+    def state_for_file(self, repo: RepoId, revision: str | None, path: str) -> RepoState:
+        """The state to answer a request for one file at `revision` with: the one known,
+        when it is that commit and the file is unchanged (one lstat); else `state`."""
+        with self._lock:
+            known = self._states.get(repo)
+        if known is not None and revision == known.commit:
+            f = known.files.get(path)
+            if f is not None and self.file(repo, path) == f:
+                return known
+        return self.state(repo)
+
     def checksums(self, f: StoredFile, *, compute: bool = True) -> tuple[int, bytes] | None:
         """(CRC32C, MD5 digest) of the file, as Cloud Storage describes objects; cached
         like `digest`. None when not known yet and `compute` is False."""

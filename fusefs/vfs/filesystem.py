@@ -21,14 +21,18 @@ import trio
 from prometheus_client import CollectorRegistry, Histogram
 
 from fusefs.data.errors import DataError
+from fusefs.data.source import SourceCounters
 from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound, valid_repo_part
+from fusefs.hub.resolve import Resolution
 from fusefs.vfs.datapath import SETUP_ERRORS, DataPath, Services
 from fusefs.vfs.errors import FsError, io_error, not_found
+from fusefs.vfs.openfiles import Lifetimes, OpenFiles
 from fusefs.vfs.tree import ROOT_INODE, DirNode, FileNode, Node, Tree
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_REPO_TTL = 30.0  # how long "no such repo" is remembered
+MAX_UNKNOWN_REPOS = 4096  # remembered at once
 SOURCE_XATTRS = (b"user.modelfs.source", b"user.modelfs.region", b"user.modelfs.endpoint")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -58,10 +62,13 @@ class ReadCounters:
     errors: Counter[str] = field(default_factory=Counter)  # by kind of DataError
     read_sizes: Counter[int] = field(default_factory=Counter)
     bytes_by_source: Counter[str] = field(default_factory=Counter)  # monotonic
+    retired: SourceCounters = field(default_factory=SourceCounters)  # of closed data paths
 
 
 class Filesystem:
-    def __init__(self, tree: Tree, hub: HubClient, services: Services) -> None:
+    def __init__(
+        self, tree: Tree, hub: HubClient, services: Services, lifetimes: Lifetimes = Lifetimes()
+    ) -> None:
         self.tree = tree
         self.hub = hub
         self.services = services
@@ -69,9 +76,10 @@ class Filesystem:
         self.counters = ReadCounters()
         self.registry = CollectorRegistry()
         self.timings = ReadTimings(self.registry)
-        self.files: dict[int, DataPath] = {}  # by inode
-        self._handles: dict[int, DataPath] = {}
-        self._refs: Counter[int] = Counter()  # open handles by inode
+        self.files = OpenFiles(lifetimes, services.data.reaper, self._retire)
+        services.data.reaper.add(self.files)
+        self._handles: dict[int, DataPath] = {}  # by file handle
+        self._last_source: dict[int, Resolution] = {}  # by inode, of files no longer open
         self._fh = itertools.count(1)
         self._opening: dict[int, trio.Event] = {}
         self._discovering: dict[RepoId, trio.Event] = {}
@@ -120,17 +128,18 @@ class Filesystem:
         if parent.parent != ROOT_INODE or parent.snapshot is not None:
             raise not_found()
         repo = self.hub.repo(parent.name.decode(), text)
-        if self._unknown.get(repo, 0) > time.monotonic():
-            raise not_found()
         while (pending := self._discovering.get(repo)) is not None:
             await pending.wait()  # one hub round trip for concurrent lookups
+        # After the wait: what the lookup we waited for found out holds for us too.
+        if self._unknown.get(repo, 0) > time.monotonic():
+            raise not_found()
         if node := self.tree.repo_dir(repo):
             return node
         self._discovering[repo] = done = trio.Event()
         try:
             snap = await self.hub.snapshot(repo)
         except RepoNotFound:
-            self._unknown[repo] = time.monotonic() + UNKNOWN_REPO_TTL
+            self._remember_unknown(repo)
             raise not_found() from None
         except HubError as e:
             log.warning("%s: %s", repo, e)
@@ -140,6 +149,14 @@ class Filesystem:
             done.set()
         log.info("pinned %s at %s (%d files)", repo, snap.commit[:12], len(snap.files))
         return self.tree.add_snapshot(snap)
+
+    def _remember_unknown(self, repo: RepoId) -> None:
+        now = time.monotonic()
+        if len(self._unknown) >= MAX_UNKNOWN_REPOS:  # names are the caller's: bound them
+            self._unknown = {r: t for r, t in self._unknown.items() if t > now}
+            while len(self._unknown) >= MAX_UNKNOWN_REPOS:
+                del self._unknown[next(iter(self._unknown))]  # the oldest first
+        self._unknown[repo] = now + UNKNOWN_REPO_TTL
 
     # -- data ------------------------------------------------------------------
 
@@ -152,29 +169,37 @@ class Filesystem:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise FsError(errno.EROFS)
         path = await self._data_path(node)
-        if self._refs[inode] == 0 and path.cached is not None:
-            path.cached.resume()
-        self._refs[inode] += 1
         fh = next(self._fh)
         self._handles[fh] = path
         return fh
 
     async def _data_path(self, node: FileNode) -> DataPath:
-        while (pending := self._opening.get(node.inode)) is not None:
+        """The file's data path with one more handle on it: the one it has, or a new one."""
+        inode = node.inode
+        while (pending := self._opening.get(inode)) is not None:
             await pending.wait()  # concurrent opens share one resolution and one stream
-        if (path := self.files.get(node.inode)) is not None:
-            return path
-        self._opening[node.inode] = done = trio.Event()
+        self._opening[inode] = done = trio.Event()
         try:
-            path = await DataPath.open(node, self.services)
-        except SETUP_ERRORS as e:
-            log.warning("open %s: %s", node.path, e)
-            raise io_error() from None
+            path = self.files.get(inode)
+            if path is not None:
+                if self.files.acquire(inode):  # lingering: in use again
+                    try:
+                        await path.resume()
+                    except BaseException:
+                        self.files.release(inode)
+                        raise
+                return path
+            cache = self.services.cache is not None and self.files.room_for_cached()
+            try:
+                path = await DataPath.open(node, self.services, cache=cache)
+            except SETUP_ERRORS as e:
+                log.warning("open %s: %s", node.path, e)
+                raise io_error() from None
+            self.files.add(inode, path)
+            return path
         finally:
-            del self._opening[node.inode]
+            del self._opening[inode]
             done.set()
-        self.files[node.inode] = path
-        return path
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         path = self._handles.get(fh)
@@ -195,28 +220,30 @@ class Filesystem:
 
     def release(self, fh: int) -> None:
         path = self._handles.pop(fh, None)
-        if path is None:
-            return
-        inode = path.file.inode
-        self._refs[inode] -= 1  # the stream stays for the next open; it idles out by itself
-        if self._refs[inode] == 0:
-            del self._refs[inode]
-            if path.cached is not None:
-                path.cached.pause()  # closed files may be evicted from the disk cache
+        if path is not None:
+            self.files.release(path.file.inode)  # the last handle starts its linger
 
     def handles(self, inode: int) -> int:
-        return self._refs.get(inode, 0)
+        return self.files.handles(inode)
+
+    def _retire(self, path: DataPath) -> None:
+        """A data path closed: keep what it did and where its bytes came from."""
+        self.counters.retired.add(path.counters)
+        self._last_source[path.file.inode] = path.resolution
 
     # -- where a file came from ----------------------------------------------------
 
+    def _resolution(self, inode: int) -> Resolution | None:
+        path = self.files.get(inode)
+        return path.resolution if path is not None else self._last_source.get(inode)
+
     def source_xattrs(self, inode: int) -> list[bytes]:
-        return list(SOURCE_XATTRS) if inode in self.files else []
+        return list(SOURCE_XATTRS) if self._resolution(inode) is not None else []
 
     def source_xattr(self, inode: int, name: bytes) -> bytes | None:
-        path = self.files.get(inode)
-        if path is None or name not in SOURCE_XATTRS:
+        res = self._resolution(inode)
+        if res is None or name not in SOURCE_XATTRS:
             return None
-        res = path.resolution
         return {
             SOURCE_XATTRS[0]: res.source,
             SOURCE_XATTRS[1]: res.region,
@@ -224,6 +251,4 @@ class Filesystem:
         }[name].encode()
 
     def close(self) -> None:
-        for path in self.files.values():
-            path.close()
-        self.files.clear()
+        self.files.close_all()
