@@ -38,6 +38,7 @@ import httpx
 import trio
 
 from fusefs.data.location import valid_region
+from fusefs.hub.http1 import HeadClient, ProbeError
 from fusefs.hub.listing import RepoFile, parse_files
 from fusefs.logs import escape
 
@@ -175,6 +176,16 @@ def origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host.lower(), url.port or default
 
 
+def _credentials(token: str | None) -> dict[str, str]:
+    """The headers that carry the hub token, as the SDK sends it; only ever to the hub."""
+    if not token:
+        return {}
+    headers = {"Authorization": f"Bearer {token}"}
+    if _COOKIE_SAFE.fullmatch(token):
+        headers["Cookie"] = f"m_session_id={token}"
+    return headers
+
+
 class _HubAuth(httpx.Auth):
     """Credentials on requests to the hub's own origin, and on nothing else."""
 
@@ -184,9 +195,7 @@ class _HubAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if origin(request.url) == self.origin:
-            request.headers["Authorization"] = f"Bearer {self.token}"
-            if _COOKIE_SAFE.fullmatch(self.token):
-                request.headers["Cookie"] = f"m_session_id={self.token}"
+            request.headers.update(_credentials(self.token))
         yield request
 
 
@@ -221,6 +230,7 @@ class HubClient:
         self.region_timeout = region_timeout
         self.listing_cap = listing_cap  # the hub's cut of a recursive `repo/files`
         auth = _HubAuth(httpx.URL(self.base_url), token) if token else None
+        self._probes = HeadClient(self.base_url, {"user-agent": "modelfs", **_credentials(token)})
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"User-Agent": "modelfs"},
@@ -233,6 +243,7 @@ class HubClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._probes.aclose()
         await self._http.aclose()
 
     def repo(self, owner: str, name: str) -> RepoId:
@@ -478,8 +489,12 @@ class HubClient:
     # -- where bytes are ---------------------------------------------------------------
 
     def download_url(self, repo: RepoId, commit: str, path: str) -> str:
+        return self.base_url + self._download_target(repo, commit, path)
+
+    @staticmethod
+    def _download_target(repo: RepoId, commit: str, path: str) -> str:
         query = f"Revision={quote(commit, safe='')}&FilePath={quote(path, safe='')}"
-        return f"{self.base_url}{repo.api}/repo?{query}"
+        return f"{repo.api}/repo?{query}"
 
     async def ask_location(
         self, repo: RepoId, commit: str, path: str, region: str | None
@@ -488,16 +503,16 @@ class HubClient:
         headers = {ACCEPT_HEADER: "grpc"}
         if region:
             headers[REGION_HEADER] = region
-        url = self.download_url(repo, commit, path)
         with trio.move_on_after(self.probe_timeout) as scope:
             try:
-                response = await self._http.head(url, headers=headers)
-            except httpx.HTTPError as e:
-                raise HubError(f"{repo}/{path}: probe failed: {e.__class__.__name__}") from None
+                status, location = await self._probes.head(
+                    self._download_target(repo, commit, path), headers
+                )
+            except ProbeError as e:
+                raise HubError(f"{repo}/{path}: probe failed: {e}") from None
         if scope.cancelled_caught:
             raise HubError(f"{repo}/{path}: probe timed out after {self.probe_timeout:g} s")
-        location = response.headers.get("location") if response.status_code in _REDIRECTS else None
-        return Answer(response.status_code, location)
+        return Answer(status, location if status in _REDIRECTS else None)
 
     async def detect_region(self) -> str | None:
         """The region the hub says this machine is in, or None; quiet when absent.
