@@ -18,6 +18,7 @@ from fusefs.cache.store import CacheLimits, DiskCache
 from fusefs.data.errors import GoneError, TransientError
 from fusefs.hub.client import RepoId
 from fusefs.hub.resolve import Resolver
+from fusefs.vfs import filesystem as filesystem_module
 from fusefs.vfs.datapath import Services
 from fusefs.vfs.errors import FsError
 from fusefs.vfs.filesystem import Filesystem
@@ -51,6 +52,33 @@ async def lookup_path(fs: Filesystem, path: str) -> FileNode:
 
 
 # -- names -----------------------------------------------------------------------
+
+
+async def test_owners_with_no_repo_are_bounded_and_dropped_when_the_kernel_forgets_them(
+    monkeypatch,
+):
+    monkeypatch.setattr(filesystem_module, "MAX_EMPTY_OWNERS", 8)
+    hub = ScriptedHub({"home": set(FILES)})
+    hub.add_repo(REPO, FILES)
+    async with filesystem(hub) as (fs, _):
+        await lookup_path(fs, "acme/llm/a.bin")  # an owner with a repo stays for good
+        owners = [await fs.lookup(ROOT_INODE, f"nobody{i}".encode()) for i in range(8)]
+        with pytest.raises(FsError) as refused:
+            await fs.lookup(ROOT_INODE, b"one-too-many")
+        assert refused.value.errno == errno.ENOENT
+        again = await fs.lookup(ROOT_INODE, b"nobody0")  # held twice now
+        assert again is owners[0]
+        for owner in owners:
+            fs.forget(owner.inode, 1)
+        assert fs.tree.get(owners[0].inode) is owners[0]  # one reference left
+        assert all(fs.tree.get(o.inode) is None for o in owners[1:])
+        fs.forget(owners[0].inode, 1)
+        assert fs.tree.get(owners[0].inode) is None
+        await fs.lookup(ROOT_INODE, b"one-too-many")  # room again
+        acme = await fs.lookup(ROOT_INODE, b"acme")
+        fs.forget(acme.inode, 100)
+        assert fs.tree.get(acme.inode) is acme  # it holds a repo
+        assert [n.name for n in fs.listing(ROOT_INODE)] == [b"acme"]
 
 
 async def test_concurrent_lookups_of_an_unknown_repo_ask_the_hub_once():

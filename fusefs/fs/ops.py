@@ -96,6 +96,11 @@ class ModelFS(pyfuse3.Operations):
         return self._attrs(await self.fs.lookup(parent_inode, name))
 
     @guarded
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for inode, lookups in inode_list:
+            self.fs.forget(inode, lookups)
+
+    @guarded
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_REPO_TTL = 30.0  # how long "no such repo" is remembered
 MAX_UNKNOWN_REPOS = 4096  # remembered at once
+# Owner directories with no repo yet exist only while the kernel holds them (forget drops
+# them); names are the caller's, so at most this many at once.
+MAX_EMPTY_OWNERS = 4096
 SOURCE_XATTRS = (b"user.modelfs.source", b"user.modelfs.region", b"user.modelfs.endpoint")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -83,6 +86,7 @@ class Filesystem:
         self._fh = itertools.count(1)
         self._opening: dict[int, trio.Event] = {}
         self._discovering: dict[RepoId, trio.Event] = {}
+        self._owner_lookups: Counter[int] = Counter()  # kernel references to owner dirs
         self._unknown: dict[RepoId, float] = {}
 
     # -- names -----------------------------------------------------------------
@@ -100,11 +104,24 @@ class Filesystem:
         return node
 
     async def lookup(self, parent_inode: int, name: bytes) -> Node:
+        """The entry `name` in the directory; the kernel holds it until `forget`."""
         parent = self.directory(parent_inode)
         child = parent.children.get(name)
         if child is None:
             child = await self._discover(parent, name)
+        if parent_inode == ROOT_INODE:
+            self._owner_lookups[child.inode] += 1
         return child
+
+    def forget(self, inode: int, lookups: int) -> None:
+        """The kernel dropped `lookups` references to `inode`: an owner directory that
+        no reference holds and no repo fills goes away."""
+        if inode not in self._owner_lookups:
+            return
+        self._owner_lookups[inode] -= lookups
+        if self._owner_lookups[inode] <= 0:
+            del self._owner_lookups[inode]
+            self.tree.drop_empty_owner(inode)
 
     def listing(self, inode: int) -> list[Node]:
         """The directory's entries in name order (owners seen only through a failed
@@ -124,6 +141,14 @@ class Filesystem:
         if not valid_repo_part(text):
             raise not_found()
         if parent.inode == ROOT_INODE:
+            empty = sum(
+                1
+                for o in self.tree.root.children.values()
+                if isinstance(o, DirNode) and not o.children
+            )
+            if empty >= MAX_EMPTY_OWNERS:
+                log.warning("%d owners looked up with no repo found yet: %r refused", empty, text)
+                raise not_found()
             return self.tree.owner_dir(text)
         if parent.parent != ROOT_INODE or parent.snapshot is not None:
             raise not_found()

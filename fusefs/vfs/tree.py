@@ -93,6 +93,16 @@ class Tree:
     def owner_dir(self, owner: str) -> DirNode:
         return self._dir(self.root, owner.encode(), None, self.root.mtime_ns)
 
+    def drop_empty_owner(self, inode: int) -> bool:
+        """Forget an owner directory that holds no repo (its inode is never reused)."""
+        node = self._nodes.get(inode)
+        if not isinstance(node, DirNode) or node.parent != ROOT_INODE or node.children:
+            return False
+        del self._nodes[inode]
+        del self.root.children[node.name]
+        self.root._sorted = None
+        return True
+
     def snapshots(self) -> list[Snapshot]:
         # copies: the metrics thread calls this while the FUSE loop adds repos
         return [
