@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote_to_bytes
 
+import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGISendCallable,
+    ASGISendEvent,
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
     Scope,
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_QUERY_FIELDS = 64
+# What sending an answer raises once its connection is gone or taken over by hypercorn.
+GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE | re.ASCII)
 _MAX_DIGITS = 19  # every size and offset of a file fits: more means "past any end"
 
@@ -222,26 +226,42 @@ class StoreApp:
         if scope["type"] != "http":
             return
         method = scope["method"]
+        started = False
+
+        async def sending(event: ASGISendEvent) -> None:
+            nonlocal started
+            started = started or event["type"] == "http.response.start"
+            await send(event)
+
         reply: Reply | None
         try:
-            body = await self._body(receive)
-            if body is None:
-                return  # the client went away
-            req = read_request(scope, body, self.ctx.limits.max_header_bytes)
-            reply = await self.route(req, send)
-        except BadRequest as e:
-            reply = error(e.status, e.message)
-        except Reply as r:
-            reply = r
-        except Exception:
-            log.exception("%s %s failed", method, scope.get("path", "?"))
-            reply = error(500, "internal error")
-        if reply is not None:
-            headers = {**reply.headers, "content-length": str(len(reply.body))}
-            if reply.status in (400, 413, 431):
-                headers["connection"] = "close"  # what follows it cannot be trusted
-            await send_start(send, reply.status, headers)
-            await send_body(send, b"" if method == "HEAD" else reply.body)
+            try:
+                body = await self._body(receive)
+                if body is None:
+                    return  # the client went away
+                req = read_request(scope, body, self.ctx.limits.max_header_bytes)
+                reply = await self.route(req, sending)
+            except BadRequest as e:
+                reply = error(e.status, e.message)
+            except Reply as r:
+                reply = r
+            except GONE:
+                raise
+            except Exception:
+                log.exception("%s %s failed", method, scope.get("path", "?"))
+                if started:
+                    return  # too late for a status: the connection just ends
+                reply = error(500, "internal error")
+            if reply is not None:
+                headers = {**reply.headers, "content-length": str(len(reply.body))}
+                if reply.status in (400, 413, 431):
+                    headers["connection"] = "close"  # what follows it cannot be trusted
+                await send_start(send, reply.status, headers)
+                await send_body(send, b"" if method == "HEAD" else reply.body)
+        except GONE:
+            # The client went away, or hypercorn is already answering on this connection
+            # (a malformed request after this one): nobody is left to tell.
+            log.debug("%s %s: the connection ended under the answer", method, scope.get("path"))
 
     async def _body(self, receive: ASGIReceiveCallable) -> bytes | None:
         """The whole body, at most `max_request_bytes` (else 413)."""
