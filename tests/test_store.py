@@ -473,6 +473,11 @@ def test_sigterm_exits_cleanly_with_an_open_stream(tmp_path):
         (["{root}", "--topology", "{bad_key}"], "unknown key 'grcp'"),
         (["{root}", "--topology", "{no_grpc}"], "missing key 'grpc'"),
         (["{root}", "--topology", "{bad_name}"], "bad region name"),
+        (["{root}", "--stream-buffer", "1K"], "between"),
+        (["{root}", "--send-memory", "lots"], "not a size"),
+        (["{root}", "--max-ranges", "10"], "--max-ranges"),
+        (["{root}", "--admin", "nohost"], "--admin"),
+        (["{root}", "--faults"], "--faults needs --admin"),
     ],
 )
 def test_bad_command_lines(tmp_path, args, words):

@@ -51,6 +51,8 @@ def run_store(settings: ServeSettings) -> None:
     """Serve until SIGINT/SIGTERM; ServeError if a listener cannot start."""
     http_addr = parse_host_port(settings.http, "--http")
     admin_addr = parse_host_port(settings.admin, "--admin") if settings.admin else None
+    if admin_addr is not None and admin_addr[0] not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("the admin routes answer anyone who reaches %s: no credentials", settings.admin)
     try:
         bearer = TokenChecker(settings.require_token) if settings.require_token else None
     except TokenSpecError as e:
