@@ -29,6 +29,8 @@ from fusefs.testing import (
     write_file,
 )
 
+from support.gcs import TokenServer
+
 BUCKET = "projects/_/buckets/local"
 METHOD = "/google.storage.v2.Storage/BidiReadObject"
 DATA = sample_bytes(3 * MiB + 17, seed=7)
@@ -174,6 +176,19 @@ def test_malformed_messages_and_later_specs_are_invalid_argument(world):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "one object" in error.details()
     _, error = call(server, [good, b"\x42\x03\x08\x01"])  # a range cut short
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Traceback" not in log.read_text()
+
+
+def test_oversized_messages_and_metadata_are_refused_by_their_caps(world):
+    _, server, _, log = world
+    good = pb.BidiReadObjectRequest(read_object_spec=spec()).SerializeToString()
+    huge = b"\x42\x80\x80\x08" + b"\x08\x01" * (64 << 10)  # 128 KiB of ranges, cap 64 KiB
+    for requests in ([huge], [good, huge]):
+        _, error = call(server, requests)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _, error = call(server, [good], metadata=(("x-big", "v" * (20 << 10)),))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    a_normal_read_works(server)
     assert "Traceback" not in log.read_text()
 
 
@@ -481,5 +496,24 @@ def test_require_token_applies_to_grpc(tmp_path):
         got, error = call(server, request, (("authorization", "Bearer good-token"),))
         assert error is None and got[1].object_data_ranges[0].checksummed_data.content == DATA[:10]
         assert server.stats()["streams_unauthenticated"] == 3
+    finally:
+        server.stop()
+
+
+def test_require_token_by_introspection_applies_to_grpc(tmp_path):
+    tokens = TokenServer()
+    tokens.grant("live-token")
+    write_file(tmp_path / "s" / "acme" / "m" / "a.bin", DATA)
+    server = start_server(tmp_path / "s", "--require-token", f"{tokens.url}/introspect")
+    request = [pb.BidiReadObjectRequest(read_object_spec=spec(), read_ranges=[rr(0, 10, 1)])]
+    try:
+        _, error = call(server, request, (("authorization", "Bearer never-issued"),))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        got, error = call(server, request, (("authorization", "Bearer live-token"),))
+        assert error is None and got[1].object_data_ranges[0].checksummed_data.content == DATA[:10]
+        assert tokens.calls["introspect"] == 2
+        tokens.stop()  # the endpoint gone: UNAVAILABLE, not a refusal
+        _, error = call(server, request, (("authorization", "Bearer another"),))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop()

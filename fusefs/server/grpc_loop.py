@@ -118,8 +118,10 @@ class GrpcLoop:
         self._stopping = asyncio.Event()
         limits = self.plane.limits
         for region in self.regions:
+            # The handler refuses past max_streams (all regions, counted); grpc's own cap
+            # is a backstop against a flood of calls each of which would cost a task.
             server = grpc.aio.server(
-                options=server_options(limits), maximum_concurrent_rpcs=limits.max_streams
+                options=server_options(limits), maximum_concurrent_rpcs=2 * limits.max_streams
             )
             server.add_generic_rpc_handlers((method_handlers(BidiReadService(region, self.plane)),))
             host, port = parse_host_port(region.grpc, f"grpc address of region {region.name}")
