@@ -142,12 +142,6 @@ class Store:
         """The directory holding repos of this type (None: this store has none)."""
         return {"model": self.root, "dataset": self.datasets}.get(repo_type)
 
-    def repo_path(self, repo: RepoId) -> str:
-        base = self._base(repo.repo_type)
-        if base is None:
-            raise ValueError(f"this store holds no {repo.repo_type} repos")
-        return os.path.join(base, repo.owner, repo.name)
-
     @staticmethod
     def _open_dirs(base: str, parts: Sequence[str]) -> int | None:
         """A descriptor of base/parts…, each part opened below the last without following
