@@ -178,8 +178,8 @@ def _admin_address(text: str) -> str:
     default=DEFAULTS.index_files,
     show_default=True,
     type=click.IntRange(1),
-    help="Files kept in repo indexes, all repos together; least recently used repos are "
-    "dropped first.",
+    help="Files kept in repo indexes (about 750 bytes each), all repos together; least "
+    "recently used repos are dropped first (a larger repo is still indexed, alone).",
 )
 @click.option(
     "--hash-cache",

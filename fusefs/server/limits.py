@@ -32,7 +32,7 @@ class Limits:
     listing_limit: int = 3000  # entries of a recursive listing answer, or of a page
     directory_limit: int = 50_000  # entries of a one-directory listing answer
     rescan_interval: float = 2.0  # seconds a repo's index answers repo-wide requests unchecked
-    index_files: int = 1_000_000  # files in all repo indexes together
+    index_files: int = 500_000  # files in all repo indexes together (~750 bytes each)
     hash_cache: int = 100_000  # file versions whose digests are kept
 
     def queued_bound(self) -> int:
