@@ -152,14 +152,18 @@ class ServerHandle:
     proc: subprocess.Popen[bytes]
     hub: str
     grpc: dict[str, str] = field(default_factory=dict)  # region -> HOST:PORT ("" = single region)
+    admin: str = ""  # http://HOST:PORT of the admin listener (counters, faults)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> object:
+        """An admin route (`/admin/…`), on the admin listener."""
+        if not self.admin:
+            raise RuntimeError("this store was started without an admin listener")
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.hub + path, data=data, method=method)
+        req = urllib.request.Request(self.admin + path, data=data, method=method)
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read() or b"null")
 
@@ -193,11 +197,14 @@ class ServerHandle:
 
 
 def start_server(root: Path | str, *args: str, log: Path | None = None) -> ServerHandle:
-    """Start `modelfs serve ROOT --http 127.0.0.1:0 ARGS…` and wait for its address lines."""
+    """Start `modelfs serve ROOT --http 127.0.0.1:0 --admin 127.0.0.1:0 ARGS…` (no
+    `--admin` of its own when ARGS has one) and wait for its address lines."""
     log = log or Path(root).with_name(Path(root).name + "-serve.log")
+    admin = () if "--admin" in args else ("--admin", "127.0.0.1:0")
+    command = ["serve", str(root), "--http", "127.0.0.1:0", *admin, *args]
     with open(log, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fusefs", "serve", str(root), "--http", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "fusefs", *command],
             stdout=subprocess.PIPE,
             stderr=err,
             stdin=subprocess.DEVNULL,
@@ -205,7 +212,6 @@ def start_server(root: Path | str, *args: str, log: Path | None = None) -> Serve
     handle = ServerHandle(proc, hub="")
     deadline = time.monotonic() + START_TIMEOUT
     buf = b""
-    expect_topology = "--topology" in args
     assert proc.stdout is not None
     try:
         while True:
@@ -223,11 +229,13 @@ def start_server(root: Path | str, *args: str, log: Path | None = None) -> Serve
                 key, _, value = line.partition(": ")
                 if key == "hub":
                     handle.hub = value.strip()
+                elif key == "admin":
+                    handle.admin = value.strip()
                 elif key == "grpc":
                     handle.grpc[""] = value.strip()
                 elif key.startswith("grpc "):
                     handle.grpc[key[5:]] = value.strip()
-            if handle.hub and handle.grpc and (not expect_topology or buf.endswith(b"\n")):
+            if handle.hub and handle.grpc and handle.admin and buf.endswith(b"\n"):
                 return handle
     except BaseException:
         handle.stop()

@@ -12,7 +12,14 @@ import pytest
 from fusefs.data.location import parse_grpc_url
 from fusefs.proto import storage_pb2 as pb
 from fusefs.proto import storage_pb2_grpc
-from fusefs.testing import run_cli, sample_bytes, start_regions, start_server, write_file
+from fusefs.testing import (
+    run_cli,
+    sample_bytes,
+    start_regions,
+    start_server,
+    wait_for,
+    write_file,
+)
 
 GRPC = {"x-modelfs-accept": "grpc"}
 
@@ -118,8 +125,9 @@ def test_a_file_keeps_its_revision_until_it_changes(world):
     original = path.read_bytes()
     try:
         path.write_bytes(b'{"a": 2}\n')
+        # the repo's index is compared with the disk at most every --rescan-interval
+        wait_for(lambda: head_commit(http) != before, 10, "the new commit")
         after = head_commit(http)
-        assert after != before
         files = {f["Path"]: f for f in listing(http, Recursive="True")}
         assert files["config.json"]["Revision"] == after
         assert files["sub/w.bin"]["Revision"] == before  # untouched: last changed earlier
@@ -136,6 +144,7 @@ def test_a_file_keeps_its_revision_until_it_changes(world):
         assert old_listing.status_code == 404
     finally:
         path.write_bytes(original)
+        wait_for(lambda: head_commit(http) == before, 10, "the first commit again")
 
 
 def test_repo_info_openapi_and_legacy(world):

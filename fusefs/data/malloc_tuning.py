@@ -39,3 +39,14 @@ def tune_malloc() -> bool:
             (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
         )
     )
+
+
+def release_free_memory() -> bool:
+    """Return the allocator's free memory to the system (glibc `malloc_trim`): with the
+    thresholds above it keeps what a burst of chunks used. False where there is none."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(trim(0))

@@ -15,8 +15,10 @@ Two sources of truth, chosen by the form of the setting:
   `CACHE_ENTRIES` tokens. An endpoint that cannot answer is `UNAVAILABLE`, not a refusal.
 
 `check(headers)` gives the verdict for one request's headers (an HTTP header dict or
-gRPC invocation metadata); `check_bearer(headers)` is the plain yes/no. Both may block
-(file read, introspection request): call them off the event loop.
+gRPC invocation metadata); `check_bearer(headers)` is the plain yes/no. With an
+introspection endpoint (`blocking`), both may wait on the network: call them off any
+event loop. With a file they cost a digest and, at most once a second, a stat (and a
+re-read when the file changed).
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ class TokenChecker:
     def close(self) -> None:
         if self._url is not None:
             self._http.close()
+
+    @property
+    def blocking(self) -> bool:
+        """Whether a check may wait on the network (introspection), not just on a stat."""
+        return self._url is not None
 
     # -- verdicts ----------------------------------------------------------------------
 

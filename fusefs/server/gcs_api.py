@@ -3,7 +3,7 @@
 A bucket is a region's name; its objects are `<owner>/<name>/<path>` for the repos that
 region holds (the names BidiReadObject uses). The generation of an object is its
 file's mtime in microseconds, as the gRPC side says; CRC32C and MD5 are computed once
-per file version and cached (`Store.checksums`).
+per file version and cached (`Store.sums`).
 
   GET /storage/v1/b/{bucket}                       the bucket
   GET /storage/v1/b/{bucket}/o                     list: prefix, delimiter ("/"), pageToken,
@@ -13,45 +13,44 @@ per file version and cached (`Store.checksums`).
                                                    ifGenerationMatch
 
 Object names are one path segment, percent-encoded (`/` as `%2F`), so routes are
-matched on the raw path. Answers have the API's exact shapes: int64 fields as strings,
-`crc32c` as base64 of the big-endian CRC, `nextPageToken` only when there is a next
-page, `mediaLink` on this server, errors as `{"error": {"code", "message", "errors"}}`.
+matched on the path's segments, each percent-decoded once. Answers have the API's
+exact shapes: int64 fields as strings, `crc32c` as base64 of the big-endian CRC,
+`nextPageToken` only when there is a next page, `mediaLink` on this server, errors
+as `{"error": {"code", "message", "errors"}}`.
 With `--require-token`, every route here wants `Authorization: Bearer <token>`.
 
-A listing page walks only the repos its prefix and page token leave (each scanned
-once per page) and hashes only the objects on the page.
+A listing page reads only the repos its prefix and page token leave, each from its
+index (`Store.state`): a range of its sorted paths, or (with a delimiter) of one
+directory's children, so a page costs what it holds, not what the repo holds.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import heapq
 import json
 import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import trio
 from hypercorn.typing import ASGISendCallable
 
 from fusefs.hub.client import RepoId, valid_repo_part
-from fusefs.hub.listing import bad_path
 from fusefs.server.bearer import Verdict
-from fusefs.server.cdn import parse_range
-from fusefs.server.http import Reply, Request, StoreContext, send_body, send_start
-from fusefs.server.store import StoredFile
+from fusefs.server.http import Reply, Request, StoreContext, parse_range, send_body, send_start
+from fusefs.server.names import unserved
+from fusefs.server.store import FileSums, RepoState, StoredFile
 from fusefs.server.topology import Region
 
 CHUNK = 1 << 20
 HASH_INLINE_MAX = 64 << 20
 MAX_RESULTS = 1000
 MAX_TOKEN = 2048
-_BUCKET = re.compile(r"^/storage/v1/b/([^/]+)$")
-_LIST = re.compile(r"^/storage/v1/b/([^/]+)/o/?$")
-_OBJECT = re.compile(r"^/storage/v1/b/([^/]+)/o/(.+)$")
-_DOWNLOAD = re.compile(r"^/download/storage/v1/b/([^/]+)/o/(.+)$")
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 _UNSUPPORTED = ("startOffset", "endOffset", "matchGlob", "versions")
 
@@ -119,16 +118,23 @@ class GcsApi:
                 return gcs_error(503, "backendError", "Token introspection is unavailable")
         if req.method not in ("GET", "HEAD"):
             return gcs_error(405, "methodNotAllowed", "This store is read-only")
-        path = req.raw_path or req.path
-        if m := _DOWNLOAD.match(path):
-            return await self._object(req, send, unquote(m[1]), unquote(m[2]), media=True)
-        if m := _OBJECT.match(path):
-            media = req.query.get("alt") == "media"
-            return await self._object(req, send, unquote(m[1]), unquote(m[2]), media=media)
-        if m := _LIST.match(path):
-            return await self._list(req, unquote(m[1]))
-        if m := _BUCKET.match(path):
-            region = self._region(unquote(m[1]))
+        # /storage/v1/b/B[/o[/NAME]] and /download/storage/v1/b/B/o/NAME, NAME one segment
+        # (%2F inside) or, as some clients send it, several
+        parts = req.segments[1:]
+        download = parts[:1] == ["download"]
+        parts = parts[1:] if download else parts
+        if parts[:3] != ["storage", "v1", "b"] or len(parts) < 4 or not parts[3]:
+            return gcs_error(404, "notFound", "Not Found")
+        bucket, rest = parts[3], parts[4:]
+        if rest[:1] == ["o"] and len(rest) > 1 and any(rest[1:]):
+            media = download or req.query.get("alt") == "media"
+            return await self._object(req, send, bucket, "/".join(rest[1:]), media=media)
+        if download:
+            return gcs_error(404, "notFound", "Not Found")
+        if rest in (["o"], ["o", ""]):
+            return await self._list(req, bucket)
+        if not rest:
+            region = self._region(bucket)
             return _json(
                 {"kind": "storage#bucket", "id": region.name, "name": region.name}
                 | {"selfLink": f"{ctx.base}/storage/v1/b/{quote(region.name, safe='')}"}
@@ -142,20 +148,17 @@ class GcsApi:
             raise gcs_error(404, "notFound", "The specified bucket does not exist.")
         return region
 
-    def _find(self, region: Region, name: str) -> tuple[RepoId, StoredFile] | None:
+    @staticmethod
+    def _target(region: Region, name: str) -> tuple[RepoId, str] | None:
+        """(repo, path) an object name means in this bucket (names only, no disk)."""
         owner, _, rest = name.partition("/")
         repo_name, _, path = rest.partition("/")
-        if bad_path(path) or not valid_repo_part(owner) or not valid_repo_part(repo_name):
+        if unserved(path) or not valid_repo_part(owner) or not valid_repo_part(repo_name):
             return None
         repo = RepoId(owner, repo_name)
-        if not region.holds(str(repo)) or not self.ctx.store.exists(repo):
-            return None
-        f = self.ctx.store.file(repo, path)
-        return (repo, f) if f is not None else None
+        return (repo, path) if region.holds(str(repo)) else None
 
-    def _resource(
-        self, bucket: str, name: str, f: StoredFile, sums: tuple[int, bytes]
-    ) -> dict[str, object]:
+    def _resource(self, bucket: str, name: str, f: StoredFile, sums: FileSums) -> dict[str, object]:
         quoted = quote(name, safe="")
         generation = str(f.generation)
         stamp = _rfc3339(f.generation)
@@ -173,8 +176,8 @@ class GcsApi:
             "contentType": "application/octet-stream",
             "storageClass": "STANDARD",
             "size": str(f.size),
-            "md5Hash": _b64(sums[1]),
-            "crc32c": _b64(sums[0].to_bytes(4, "big")),
+            "md5Hash": _b64(sums.md5),
+            "crc32c": _b64(sums.crc32c.to_bytes(4, "big")),
             "etag": _b64(f.generation.to_bytes(8, "big")),
             "timeCreated": stamp,
             "updated": stamp,
@@ -188,28 +191,36 @@ class GcsApi:
         self, req: Request, send: ASGISendCallable, bucket: str, name: str, *, media: bool
     ) -> Reply | None:
         region = self._region(bucket)
-        found = await trio.to_thread.run_sync(self._find, region, name)
-        missing = gcs_error(404, "notFound", f"No such object: {bucket}/{name}")
-        if found is None:
+        missing = gcs_error(404, "notFound", f"No such object: {bucket}/{name[:1024]}")
+        target = self._target(region, name)
+        if target is None:
             return missing
-        _repo, f = found
-        for key in ("generation", "ifGenerationMatch"):
-            value = req.query.get(key)
-            if value is None:
-                continue
-            if not _DIGITS.match(value):
-                return gcs_error(400, "invalid", f"Invalid value for {key}: {value[:40]}")
-            if int(value) != f.generation:
-                if key == "generation":
-                    return missing
-                return gcs_error(412, "conditionNotMet", "Precondition Failed")
-        if not media:
-            sums = await trio.to_thread.run_sync(self.ctx.store.checksums, f)
-            assert sums is not None
-            return _json(self._resource(bucket, name, f, sums))
-        return await self._media(req, send, f)
+        store = self.ctx.store
+        opened = await trio.to_thread.run_sync(store.open_file, *target)
+        if opened is None:
+            return missing
+        fd, f = opened
+        try:
+            for key in ("generation", "ifGenerationMatch"):
+                value = req.query.get(key)
+                if value is None:
+                    continue
+                if not _DIGITS.match(value):
+                    return gcs_error(400, "invalid", f"Invalid value for {key}: {value[:40]}")
+                if int(value) != f.generation:
+                    if key == "generation":
+                        return missing
+                    return gcs_error(412, "conditionNotMet", "Precondition Failed")
+            if not media:
+                sums = await trio.to_thread.run_sync(store.sums, fd, f)
+                return _json(self._resource(bucket, name, f, sums))
+            return await self._media(req, send, fd, f)
+        finally:
+            os.close(fd)
 
-    async def _media(self, req: Request, send: ASGISendCallable, f: StoredFile) -> Reply | None:
+    async def _media(
+        self, req: Request, send: ASGISendCallable, fd: int, f: StoredFile
+    ) -> Reply | None:
         size, store = f.size, self.ctx.store
         first, last, status = 0, size - 1, 200
         headers = {
@@ -235,30 +246,28 @@ class GcsApi:
         # The hashes describe the whole object: computed here for a whole read of a file
         # small enough that hashing it first does not hold up its first byte; otherwise
         # sent once known (a listing or metadata request computes them).
-        inline = status == 200 and size <= HASH_INLINE_MAX
-        sums = await trio.to_thread.run_sync(lambda: store.checksums(f, compute=inline))
+        if status == 200 and size <= HASH_INLINE_MAX:
+            sums: FileSums | None = await trio.to_thread.run_sync(store.sums, fd, f)
+        else:
+            sums = store.cached_sums(f.key)
         if sums is not None:
             headers["x-goog-hash"] = (
-                f"crc32c={_b64(sums[0].to_bytes(4, 'big'))},md5={_b64(sums[1])}"
+                f"crc32c={_b64(sums.crc32c.to_bytes(4, 'big'))},md5={_b64(sums.md5)}"
             )
         length = last - first + 1 if size else 0
         await send_start(send, status, {**headers, "content-length": str(length)})
         if req.method == "HEAD" or length == 0:
             await send_body(send, b"")
             return None
-        fd = os.open(f.abspath, os.O_RDONLY)
-        try:
-            pos = first
-            while pos <= last:
-                n = min(CHUNK, last + 1 - pos)
-                data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
-                if not data:
-                    break  # the file shrank: the client sees a short body and retries
-                pos += len(data)
-                self.ctx.stats.add("counts", "gcs_bytes", len(data))
-                await send_body(send, data, more=pos <= last)
-        finally:
-            os.close(fd)
+        pos = first
+        while pos <= last:
+            n = min(CHUNK, last + 1 - pos)
+            data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
+            if not data:
+                break  # the file shrank: the client sees a short body and retries
+            pos += len(data)
+            self.ctx.stats.add("counts", "gcs_bytes", len(data))
+            await send_body(send, data, more=pos <= last)
         return None
 
     # -- listing -----------------------------------------------------------------------
@@ -303,9 +312,8 @@ class GcsApi:
             if found is None:
                 prefixes.append(key)
             else:
-                sums = self.ctx.store.checksums(found)
-                assert sums is not None
-                items.append(self._resource(region.name, key, found, sums))
+                state, path = found
+                items.append(self._resource(region.name, key, state.files[path], state.sums[path]))
             last = key
         doc: dict[str, object] = {"kind": "storage#objects"}
         if items:
@@ -318,64 +326,91 @@ class GcsApi:
 
     def _entries(
         self, region: Region, prefix: str, delimited: bool, after: str | None
-    ) -> Iterator[tuple[str, StoredFile | None]]:
-        """(name, file) for objects and (prefix, None) for collapsed prefixes, in name
-        order, after `after`. Keys never decrease, which is what makes `after` a cursor."""
+    ) -> Iterator[tuple[str, tuple[RepoState, str] | None]]:
+        """(name, (state, path)) for objects and (prefix, None) for collapsed prefixes,
+        in name order, after `after`. Keys never decrease, which is what makes `after`
+        a cursor."""
+        store = self.ctx.store
         emitted: str | None = None
         for repo in self._repos(region, prefix):
             top = f"{repo}/"
             if after is not None and top < after and not after.startswith(top):
                 continue  # every name in this repo sorts before the cursor
-            if delimited and top.startswith(prefix) and len(top) > len(prefix):
-                # All of this repo's names collapse into one prefix that `top` decides.
-                key = top[: top.index("/", len(prefix)) + 1]
-                if key != emitted and (after is None or key > after) and self.ctx.store.scan(repo):
+            if len(top) > len(prefix) and top.startswith(prefix):
+                if delimited:
+                    # All of this repo's names collapse into one prefix that `top` decides.
+                    key = top[: top.index("/", len(prefix)) + 1]
+                    if key != emitted and (after is None or key > after) and store.has_files(repo):
+                        emitted = key
+                        yield key, None
+                    continue
+                inner = ""
+            elif prefix.startswith(top):
+                inner = prefix[len(top) :]
+            else:
+                continue
+            state = store.state(repo)
+            cursor = after[len(top) :] if after is not None and after.startswith(top) else None
+            for rel, is_dir in _names_in(state, inner, delimited, cursor):
+                key = top + rel
+                if is_dir:
                     emitted = key
                     yield key, None
-                continue
-            files = self.ctx.store.scan(repo)
-            for rel in sorted(files):
-                name = top + rel
-                if not name.startswith(prefix):
-                    continue
-                entry: StoredFile | None = files[rel]
-                key = name
-                if delimited and (cut := name.find("/", len(prefix))) != -1:
-                    key, entry = name[: cut + 1], None
-                if key == emitted or (after is not None and key <= after):
-                    continue
-                emitted = key
-                yield key, entry
+                else:
+                    yield key, (state, rel)
 
     def _repos(self, region: Region, prefix: str) -> list[RepoId]:
         """The repos of this region whose names the prefix allows, in object-name order."""
         owner_part, slash, rest = prefix.partition("/")
         name_part, slash2, _ = rest.partition("/")
-        root = self.ctx.store.root
-        owners = [owner_part] if slash else _subdirs(root, owner_part)
+        store = self.ctx.store
+        owners = [owner_part] if slash else store.subdirs("model")
         repos = []
         for owner in owners:
-            if not valid_repo_part(owner):
+            if not owner.startswith(owner_part) or not valid_repo_part(owner):
                 continue
-            names = [name_part] if slash2 else _subdirs(os.path.join(root, owner), name_part)
+            names = [name_part] if slash2 else store.subdirs("model", owner)
             for name in names:
                 repo = RepoId(owner, name)
                 if (
-                    valid_repo_part(name)
+                    name.startswith(name_part)
+                    and valid_repo_part(name)
                     and region.holds(str(repo))
-                    and self.ctx.store.exists(repo)
+                    and store.exists(repo)
                 ):
                     repos.append(repo)
         return sorted(repos, key=lambda r: f"{r}/")
 
 
-def _subdirs(path: str, starting: str) -> list[str]:
-    try:
-        with os.scandir(path) as it:
-            return [
-                e.name
-                for e in it
-                if e.name.startswith(starting) and not e.name.startswith(".") and e.is_dir()
-            ]
-    except OSError:
-        return []
+def _names_in(
+    state: RepoState, prefix: str, delimited: bool, after: str | None
+) -> Iterator[tuple[str, bool]]:
+    """(name, is a collapsed prefix) of one repo's names that start with `prefix`, after
+    `after`, in order. Without a delimiter: a range of the sorted paths. With one: the
+    children of the directory the prefix is in (files as paths, directories as 'd/'),
+    merged in name order."""
+    if not delimited:
+        yield from _from(state.blobs, prefix, after, False)
+        return
+    folder = prefix.rpartition("/")[0]
+    files, dirs = state.children.get(folder, ([], []))
+    yield from heapq.merge(_from(files, prefix, after, False), _from(dirs, prefix, after, True))
+
+
+def _from(
+    names: list[str], prefix: str, after: str | None, dirs: bool
+) -> Iterator[tuple[str, bool]]:
+    """Names of a sorted list (directories keyed 'd/', as the index sorts them) that
+    start with `prefix` and sort after `after`, lazily: a page stops early."""
+
+    def key(name: str) -> str:
+        return name + "/" if dirs else name
+
+    start = bisect.bisect_left(names, prefix, key=key)
+    if after is not None:
+        start = max(start, bisect.bisect_right(names, after, key=key))
+    for i in range(start, len(names)):
+        name = key(names[i])
+        if not name.startswith(prefix):
+            return
+        yield name, dirs

@@ -6,18 +6,25 @@ Routes ({type} is `models` or `datasets`; datasets only with `modelfs serve --da
   GET  /api/v1/{type}/{owner}/{name}/revisions          branches and tags: Revision, CreatedAt
   GET  /api/v1/{type}/{owner}/{name}/commits            Ref, PageNumber, PageSize → Data.Commit[]
   GET  /api/v1/{type}/{owner}/{name}/repo/files         listing: Revision, Recursive, Root;
-                                                        a recursive one cut at --listing-limit
+                                                        cut at --listing-limit (recursive)
+                                                        or --directory-limit
   GET  /api/v1/{type}/{owner}/{name}/repo/tree          the same, paged by PageNumber/PageSize
   HEAD|GET /api/v1/{type}/{owner}/{name}/repo           Revision, FilePath → 302 to the bytes
   GET  /api/v1/repos/internalAccelerationInfo           Data.InternalRegionQueryAddress
   GET  /api/v1/repos/regionId                           the client's region, text/plain
+
+Every answer comes from the repo's index in memory (`Store.state`): a listing page
+costs what the page holds (a directory's children are indexed, a subtree is a
+range of the sorted paths), and a probe for one file costs one lstat of that file
+(`Store.current`). Paths are routed by segment, each percent-decoded once.
 
 What the store can say honestly, having no git history:
 * A repo has one branch, `master`, at one commit: a hash of its current content
   (`Store.state`). Older commits are not held: asking for one is a 404.
 * A file's `Revision` in a listing is the commit of the first store state, since
   this process started, in which the file had its current content (unchanged files
-  keep it across changes to others). A file may also be downloaded by that revision.
+  keep it across changes to others). A file may also be downloaded at that revision,
+  or at any commit the store has named since (the last `HISTORY` of them).
 * `LatestCommitter.Id` and `commits` name the current commit.
 
 Where bytes are (the answer to `repo`, a 302):
@@ -32,9 +39,7 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 import uuid
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import trio
@@ -45,10 +50,9 @@ from fusefs.server.http import Reply, Request, StoreContext
 from fusefs.server.store import RepoState
 
 LFS_THRESHOLD = 1 << 20
-_REPO = re.compile(
-    r"/(api|openapi)/v1/(models|datasets)/([^/]+)/([^/]+)"
-    r"(/revisions|/commits|/repo/files|/repo/tree|/repo)?"
-)
+_KINDS = {"models": "model", "datasets": "dataset"}
+_WHAT = {(): "", ("revisions",): "revisions", ("commits",): "commits", ("repo",): "repo"}
+_WHAT |= {("repo", "files"): "files", ("repo", "tree"): "tree"}
 _MAX_PAGE_NUMBER = 1 << 31
 
 
@@ -87,22 +91,24 @@ def _int(query: dict[str, str], key: str, default: int, lo: int, hi: int) -> int
     return int(text)
 
 
-@dataclass(frozen=True)
-class _Names:
-    """One repo state's paths, sorted, so a page of a listing costs what the page holds."""
-
-    commit: str
-    blobs: list[str]
-    dirs: list[str]
-    digests: dict[str, str]  # path -> sha256
-    revisions: dict[str, str]  # path -> the commit that first had its current content
-    date: int  # the newest file's mtime: the state's commit date
+def repo_route(segments: list[str]) -> tuple[bool, RepoId, str] | None:
+    """(openapi, repo, what) of `/{api|openapi}/v1/{models|datasets}/{owner}/{name}[/…]`,
+    from the path's segments (each decoded once): what is "", "revisions", "commits",
+    "files", "tree" or "repo"; None for any other path."""
+    if len(segments) < 6 or segments[0] != "" or segments[1] not in ("api", "openapi"):
+        return None
+    if segments[2] != "v1" or segments[3] not in _KINDS:
+        return None
+    what = _WHAT.get(tuple(segments[6:]))
+    openapi = segments[1] == "openapi"
+    if what is None or (openapi and what):
+        return None
+    return openapi, RepoId(segments[4], segments[5], _KINDS[segments[3]]), what
 
 
 class HubApi:
     def __init__(self, ctx: StoreContext) -> None:
         self.ctx = ctx
-        self._names: dict[RepoId, _Names] = {}  # the last state seen of each repo
 
     async def route(self, req: Request) -> Reply:
         ctx, path = self.ctx, req.path
@@ -111,89 +117,51 @@ class HubApi:
             return fail(int(f.params.get("status", 503)), "injected hub error")
         if req.method not in ("GET", "HEAD"):
             return fail(405, f"{req.method} is not served here")
-        if path == "/api/v1/repos/internalAccelerationInfo":
+        if req.segments == ["", "api", "v1", "repos", "internalAccelerationInfo"]:
             if self._client_region() is None:
                 return ok({})  # nothing to tell: the client asks no further
             return ok({"InternalRegionQueryAddress": f"{ctx.base}/api/v1/repos/regionId"})
-        if path == "/api/v1/repos/regionId":
+        if req.segments == ["", "api", "v1", "repos", "regionId"]:
             region = self._client_region()
             if region is None:
                 return fail(404, "client region unknown")
             return Reply(200, region.encode(), content_type="text/plain")
-        m = _REPO.fullmatch(path)  # the path is percent-decoded already (ASGI): not again
-        openapi = path.startswith("/openapi/")
-        if m is None or (openapi and m[5]):
-            if openapi:
+        routed = repo_route(req.segments)
+        if routed is None:
+            if path.startswith("/openapi/"):
                 return openapi_fail(404, "ResourceNotFound", "no such route")
             return fail(404, "no such route")
-        repo = RepoId(m[3], m[4], m[2][:-1])
+        openapi, repo, what = routed
         if not ctx.store.exists(repo):
             if openapi:
                 return openapi_fail(404, "ResourceNotFound", f"{repo.repo_type} {repo} not found")
             return fail(404, f"{repo.repo_type} {repo} not found")
-        what = m[5] or ""
-        if what == "/repo" and not openapi:  # one file: no walk of the repo when unchanged
-            file_path = req.query.get("FilePath", "")
-            state, names = await self._view(repo, req.query.get("Revision"), file_path)
-        else:
-            state, names = await self._view(repo)
+        if what == "repo":
+            return await self.locate(req, repo)
+        state = await trio.to_thread.run_sync(ctx.store.state, repo)
         if openapi:
-            return openapi_ok(self.info(repo, names, openapi=True))
+            return openapi_ok(self.info(repo, state, openapi=True))
         if what == "":
-            return ok(self.info(repo, names, openapi=False))
-        if what == "/revisions":
-            branch = {"Revision": "master", "CreatedAt": names.date}
+            return ok(self.info(repo, state, openapi=False))
+        if what == "revisions":
+            branch = {"Revision": "master", "CreatedAt": state.date}
             return ok({"RevisionMap": {"Branches": [branch], "Tags": []}})
-        if what == "/commits":
-            return self.commits(req, repo, names)
-        if what in ("/repo/files", "/repo/tree"):
-            return self.listing(req, repo, state, names)
-        return self.locate(req, repo, state, names)
+        if what == "commits":
+            return self.commits(req, repo, state)
+        return self.listing(req, repo, state)
 
     def _client_region(self) -> str | None:
         regions = self.ctx.regions
         return self.ctx.client_region or (next(iter(regions)) if len(regions) == 1 else None)
 
-    async def _view(
-        self, repo: RepoId, revision: str | None = None, path: str | None = None
-    ) -> tuple[RepoState, _Names]:
-        """The repo's current state, and its names (built once per state); for a request
-        of one `path` at a `revision`, the state known when that file is unchanged."""
-        store = self.ctx.store
-        if path is None:
-            state = await trio.to_thread.run_sync(store.state, repo)
-        else:
-            state = await trio.to_thread.run_sync(store.state_for_file, repo, revision, path)
-        known = self._names.get(repo)
-        if known is not None and known.commit == state.commit:
-            return state, known
-        dirs = {p.rsplit("/", i)[0] for p in state.files for i in range(1, p.count("/") + 1)}
-        # A file keeps its revision while its content stays; changed or new: this commit.
-        revisions = {
-            path: known.revisions[path]
-            if known is not None and known.digests.get(path) == digest
-            else state.commit
-            for path, digest in state.digests.items()
-        }
-        names = _Names(
-            state.commit,
-            sorted(state.files),
-            sorted(dirs),
-            state.digests,
-            revisions,
-            max((f.mtime for f in state.files.values()), default=0),
-        )
-        self._names[repo] = names
-        return state, names
-
     @staticmethod
-    def _held(repo: RepoId, names: _Names, revision: str | None) -> None:
-        if revision not in (None, "", "master", names.commit):
+    def _held(repo: RepoId, state: RepoState, revision: str | None) -> None:
+        if revision not in (None, "", "master", state.commit):
             raise fail(404, f"revision {revision!r} of {repo} is not held by this store")
 
     # -- answers -------------------------------------------------------------------------
 
-    def info(self, repo: RepoId, names: _Names, *, openapi: bool) -> dict[str, object]:
+    def info(self, repo: RepoId, state: RepoState, *, openapi: bool) -> dict[str, object]:
         if openapi:
             return {
                 "id": str(repo),
@@ -205,7 +173,7 @@ class HubApi:
                 "likes": 0,
                 "license": "",
                 "tags": [],
-                "last_modified": names.date,
+                "last_modified": state.date,
             }
         return {
             "Id": str(repo),
@@ -217,56 +185,55 @@ class HubApi:
             "Downloads": 0,
             "Likes": 0,
             "Tags": [],
-            "LastModified": names.date,
-            "Revision": names.commit,
+            "LastModified": state.date,
+            "Revision": state.commit,
         }
 
-    def commits(self, req: Request, repo: RepoId, names: _Names) -> Reply:
+    def commits(self, req: Request, repo: RepoId, state: RepoState) -> Reply:
         ref = req.query.get("Ref") or "master"
-        if ref not in ("master", names.commit):
+        if ref not in ("master", state.commit):
             return fail(404, f"no branch, tag or commit {ref!r} in {repo}")
         page = _int(req.query, "PageNumber", 1, 1, _MAX_PAGE_NUMBER)
         _int(req.query, "PageSize", 1, 1, self.ctx.listing_limit)
         commit = {
-            "Id": names.commit,
-            "ShortId": names.commit[:8],
+            "Id": state.commit,
+            "ShortId": state.commit[:8],
             "Title": "store content",
             "Message": "store content",
             "AuthorName": "modelfs",
             "AuthorEmail": "",
-            "AuthoredDate": names.date,
+            "AuthoredDate": state.date,
             "CommitterName": "modelfs",
             "CommitterEmail": "",
-            "CommittedDate": names.date,
-            "CreatedAt": names.date,
+            "CommittedDate": state.date,
+            "CreatedAt": state.date,
         }
         return ok({"Commit": [commit] if page == 1 else [], "TotalCount": 1})
 
-    def listing(self, req: Request, repo: RepoId, state: RepoState, names: _Names) -> Reply:
+    def listing(self, req: Request, repo: RepoId, state: RepoState) -> Reply:
         q = req.query
-        self._held(repo, names, q.get("Revision"))
+        self._held(repo, state, q.get("Revision"))
         root = q.get("Root", "").strip("/")
         recursive = q.get("Recursive", "false").lower() == "true"
         limit = self.ctx.listing_limit
-        last: int | None
         if "PageNumber" in q or "PageSize" in q:
             page = _int(q, "PageNumber", 1, 1, _MAX_PAGE_NUMBER)
             size = _int(q, "PageSize", 100, 1, limit)
             first, last = (page - 1) * size, page * size
         else:
-            # `repo/files` has no pages: a recursive listing is cut, as the hub cuts it,
-            # and clients walk its directories for more.
-            first, last = 0, limit if recursive else None
-        blobs, dirs = _scope(names, root, recursive)
-        files = [_blob(state, names, p) for p in blobs[first:last]]
-        rest = None if last is None else max(0, last - len(blobs))
-        trees = [_tree(names, p) for p in dirs[max(0, first - len(blobs)) : rest]]
+            # `repo/files` has no pages: a recursive listing is cut at the limit, as the
+            # hub cuts it, and clients walk its directories for more; one directory's
+            # listing, at the (larger) directory limit.
+            first, last = 0, limit if recursive else self.ctx.limits.directory_limit
+        blobs, dirs = _scope(state, root, recursive)
+        files = [_blob(state, p) for p in blobs.page(first, last)]
+        trees = [_tree(state, p) for p in dirs.page(first - len(blobs), last - len(blobs))]
         latest = {
-            "Id": names.commit,
-            "ShortId": names.commit[:8],
+            "Id": state.commit,
+            "ShortId": state.commit[:8],
             "Name": "modelfs",
             "Email": "",
-            "CommittedDate": names.date,
+            "CommittedDate": state.date,
         }
         return ok(
             {
@@ -277,18 +244,19 @@ class HubApi:
             }
         )
 
-    def locate(self, req: Request, repo: RepoId, state: RepoState, names: _Names) -> Reply:
+    async def locate(self, req: Request, repo: RepoId) -> Reply:
         """Where a file's bytes are: a 302 (the probe of the mount, the SDK's download)."""
         ctx = self.ctx
         region_name = req.headers.get(REGION_HEADER, "")
         ctx.stats.add("probes", region_name)
         path = req.query.get("FilePath", "")
-        f = state.files.get(path)
-        if f is None:
+        found = await trio.to_thread.run_sync(ctx.store.current, repo, path)
+        if found is None:
             return fail(404, f"no file {path!r} in {repo}")
+        state, f = found
         revision = req.query.get("Revision")
-        if names.revisions.get(path) != revision:  # a file may be read at its own revision
-            self._held(repo, names, revision)
+        if not state.holds(path, revision):  # any commit since the file has its content
+            return fail(404, f"{path!r} at {revision!r} is not held by this store")
         region = ctx.regions.get(region_name)
         if region is None or not region.holds(str(repo)):
             return Reply(302, b"", {"location": self._cdn(repo, state, path)})
@@ -309,22 +277,41 @@ def _quoted(path: str) -> str:
     return "/".join(quote(p, safe="") for p in path.split("/"))
 
 
-def _scope(names: _Names, root: str, recursive: bool) -> tuple[list[str], list[str]]:
-    """The blobs and directories a listing of `root` shows, in order."""
-    prefix = root + "/" if root else ""
+class _Span:
+    """A slice of a sorted list, paged without copying the rest."""
 
-    def under(paths: list[str]) -> list[str]:
-        lo = bisect.bisect_left(paths, prefix)
-        hi = bisect.bisect_left(paths, prefix[:-1] + "0") if prefix else len(paths)
-        inside = paths[lo:hi]  # '0' follows '/': every path starting with prefix
-        if recursive:
-            return inside
-        return [p for p in inside if "/" not in p[len(prefix) :]]
+    def __init__(self, items: list[str], lo: int = 0, hi: int | None = None) -> None:
+        self.items, self.lo = items, lo
+        self.hi = len(items) if hi is None else hi
 
-    return under(names.blobs), under(names.dirs)
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def page(self, first: int, last: int) -> list[str]:
+        first, last = max(first, 0), min(max(last, 0), len(self))
+        return self.items[self.lo + first : self.lo + last] if first < last else []
 
 
-def _blob(state: RepoState, names: _Names, path: str) -> dict[str, object]:
+def _scope(state: RepoState, root: str, recursive: bool) -> tuple[_Span, _Span]:
+    """The blobs and directories a listing of `root` shows, in order: a directory's
+    children from the index, or its subtree as a range of the sorted paths."""
+    if not recursive:
+        blobs, dirs = state.children.get(root, ([], []))
+        return _Span(blobs), _Span(dirs)
+    if not root:
+        return _Span(state.blobs), _Span(state.dirs)
+    prefix = root + "/"
+
+    def under(paths: list[str]) -> _Span:
+        # '0' follows '/': every path starting with the prefix sorts between the two
+        return _Span(
+            paths, bisect.bisect_left(paths, prefix), bisect.bisect_left(paths, root + "0")
+        )
+
+    return under(state.blobs), under(state.dirs)
+
+
+def _blob(state: RepoState, path: str) -> dict[str, object]:
     f = state.files[path]
     return {
         "CommitMessage": "store content",
@@ -335,14 +322,14 @@ def _blob(state: RepoState, names: _Names, path: str) -> dict[str, object]:
         "Mode": "33188",
         "Name": path.rsplit("/", 1)[-1],
         "Path": path,
-        "Revision": names.revisions[path],
-        "Sha256": state.digests[path],
+        "Revision": state.revision(path),
+        "Sha256": state.sha256(path),
         "Size": f.size,
         "Type": "blob",
     }
 
 
-def _tree(names: _Names, path: str) -> dict[str, object]:
+def _tree(state: RepoState, path: str) -> dict[str, object]:
     return {
         "CommitMessage": "",
         "CommittedDate": 0,
@@ -352,7 +339,7 @@ def _tree(names: _Names, path: str) -> dict[str, object]:
         "Mode": "16384",
         "Name": path.rsplit("/", 1)[-1],
         "Path": path,
-        "Revision": names.commit,
+        "Revision": state.commit,
         "Sha256": "",
         "Size": 0,
         "Type": "tree",

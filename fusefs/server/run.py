@@ -1,37 +1,32 @@
-"""Running `modelfs serve`: the gRPC listeners of each region and the HTTP side, until a signal."""
+"""Running `modelfs serve` until a signal.
+
+Threads: the main thread runs trio with the HTTP listeners (hypercorn: the public
+one, and the admin one with `--admin`) and owns the signals; `grpc-aio` runs every
+region's gRPC listener (grpc_loop.py). On SIGINT/SIGTERM the HTTP side drains
+first, then the gRPC side (running streams get a short grace, then are cancelled).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import grpc
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
 from fusefs.server.bearer import TokenChecker, TokenSpecError
-from fusefs.server.bidi_service import BidiReadService, method_handlers
 from fusefs.server.faults import FaultPlan
+from fusefs.server.grpc_loop import GrpcLoop
 from fusefs.server.http import StoreApp, StoreContext
+from fusefs.server.limits import Limits
 from fusefs.server.stats import Stats
 from fusefs.server.store import Store
 from fusefs.server.topology import Region, parse_host_port
 
 log = logging.getLogger(__name__)
-
-GRPC_WORKERS = 256  # one thread per open stream
-_GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 16 << 20),
-    ("grpc.max_receive_message_length", 16 << 20),
-    ("grpc.so_reuseport", 0),
-    # clients ping every ~20 s to notice dead peers; let them
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 
 
 class ServeError(Exception):
@@ -45,47 +40,32 @@ class ServeSettings:
     regions: tuple[Region, ...]
     topology: bool  # several regions: name each gRPC address when announcing them
     client_region: str | None = None
-    listing_limit: int = 3000
     faults: bool = False
     datasets: str | None = None  # DIR/<owner>/<name>/<files…> served as dataset repos
     require_token: str | None = None  # a token file or an introspection URL (bearer.py)
-
-
-def start_grpc(
-    region: Region, store: Store, stats: Stats, faults: FaultPlan | None
-) -> tuple[grpc.Server, str]:
-    server = grpc.server(
-        ThreadPoolExecutor(GRPC_WORKERS, thread_name_prefix=f"grpc-{region.name}"),
-        options=_GRPC_OPTIONS,
-        maximum_concurrent_rpcs=GRPC_WORKERS,
-    )
-    server.add_generic_rpc_handlers(
-        (method_handlers(BidiReadService(region, store, stats, faults)),)
-    )
-    host, port = parse_host_port(region.grpc, f"grpc address of region {region.name}")
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise ServeError(f"cannot listen on {region.grpc} (region {region.name})")
-    server.start()
-    return server, f"{host}:{bound}"
+    admin: str | None = None  # HOST:PORT of the admin listener; None: no admin routes
+    limits: Limits = field(default_factory=Limits)
 
 
 def run_store(settings: ServeSettings) -> None:
     """Serve until SIGINT/SIGTERM; ServeError if a listener cannot start."""
-    http_host, http_port = parse_host_port(settings.http, "--http")
+    http_addr = parse_host_port(settings.http, "--http")
+    admin_addr = parse_host_port(settings.admin, "--admin") if settings.admin else None
+    if admin_addr is not None and admin_addr[0] not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("the admin routes answer anyone who reaches %s: no credentials", settings.admin)
     try:
         bearer = TokenChecker(settings.require_token) if settings.require_token else None
     except TokenSpecError as e:
         raise ServeError(str(e)) from None
-    store = Store(settings.root, settings.datasets)
+    store = Store(settings.root, settings.datasets, settings.limits)
     stats = Stats()
     plan = FaultPlan() if settings.faults else None
-    servers: list[grpc.Server] = []
-    addrs: dict[str, str] = {}
+    grpc = GrpcLoop(settings.regions, store, stats, settings.limits, plan, bearer)
     try:
-        for r in settings.regions:
-            server, addrs[r.name] = start_grpc(r, store, stats, plan)
-            servers.append(server)
+        try:
+            addrs = grpc.start()
+        except ValueError as e:
+            raise ServeError(str(e)) from None
         ctx = StoreContext(
             store,
             {r.name: r for r in settings.regions},
@@ -93,43 +73,59 @@ def run_store(settings: ServeSettings) -> None:
             stats,
             plan,
             settings.client_region,
-            settings.listing_limit,
+            settings.limits,
         )
-        by_region = dict(zip(addrs, servers, strict=True))
-
-        def stop_listener(name: str) -> bool:
-            server = by_region.get(name)
-            if server is not None:
-                server.stop(grace=0)
-            return server is not None
-
-        ctx.stop_listener = stop_listener
+        ctx.stop_listener = grpc.stop_listener
+        ctx.grpc_gauges = lambda: {
+            "streams_open": grpc.plane.open_streams,
+            "queued_bytes": grpc.plane.budget.in_flight,
+            "queued_bytes_peak": grpc.plane.budget.peak,
+        }
         ctx.bearer = bearer
-        trio.run(_serve_http, StoreApp(ctx), http_host, http_port, settings.topology)
+        try:
+            trio.run(_serve_http, ctx, http_addr, admin_addr, settings.topology)
+        except* OSError as failed:  # a listener that cannot bind; requests never get here
+            raise ServeError(f"cannot listen: {failed.exceptions[0]}") from None
     finally:
-        for server in servers:
-            server.stop(grace=0.5).wait(2)
+        grpc.stop()
         if bearer is not None:
             bearer.close()
 
 
-async def _serve_http(app: StoreApp, host: str, port: int, topology: bool) -> None:
+def _config(host: str, port: int, limits: Limits) -> Config:
     config = Config()
-    config.bind = [f"{host}:{port}"]
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
+    config.h11_max_incomplete_size = limits.max_header_bytes
+    config.h2_max_header_list_size = limits.max_header_bytes
+    return config
+
+
+async def _serve_http(
+    ctx: StoreContext,
+    public: tuple[str, int],
+    admin: tuple[str, int] | None,
+    topology: bool,
+) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_wait_for_signal, stop)
-        binds = await nursery.start(
-            lambda task_status: serve_http(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
+
+        async def listen(app: StoreApp, host: str, port: int) -> str:
+            config = _config(host, port, ctx.limits)
+            binds: list[str] = await nursery.start(
+                lambda task_status: serve_http(
+                    app, config, shutdown_trigger=stop.wait, task_status=task_status
+                )
             )
-        )
-        ctx = app.ctx
-        ctx.base = binds[0].rstrip("/")
+            return binds[0].rstrip("/")
+
+        ctx.base = await listen(StoreApp(ctx), *public)
         lines = [f"hub: {ctx.base}"]
+        if admin is not None:
+            lines.append(f"admin: {await listen(StoreApp(ctx, admin=True), *admin)}")
         if topology:
             lines += [f"grpc {name}: {addr}" for name, addr in ctx.grpc_addrs.items()]
         else:

@@ -43,8 +43,11 @@ class Stats:
             return {
                 "probes": dict(self.probes),
                 "streams_opened": dict(self.streams_opened),
-                "streams_active": dict(self.streams_active),
+                "streams_active": {k: v for k, v in self.streams_active.items() if v},
                 "streams_peak": dict(self.streams_peak),
+                # refused: past --max-streams; unauthenticated: --require-token said no
+                "streams_refused": self.counts["streams_refused"],
+                "streams_unauthenticated": self.counts["grpc_refused"],
                 "grpc_bytes": dict(self.grpc_bytes),
                 "ranges": dict(self.ranges),
                 "hub_requests": self.counts["hub_requests"],

@@ -165,6 +165,12 @@ class TokenServer:
                 return 200, {"active": False}
             return 200, {"active": True, "exp": int(expiry), "scope": READ_ONLY}
 
+    def grant(self, token: str, lifetime: float = 600) -> None:
+        """Make `token` one the introspection endpoint calls active (as if issued)."""
+        with self._lock:
+            self.issued.append(token)
+            self.expiry[token] = time.time() + lifetime
+
     def revoke(self, token: str) -> None:
         with self._lock:
             self.revoked.add(token)
