@@ -437,7 +437,7 @@ class HubClient:
                     for e in level
                     if _is_tree(e) and (p := _entry_path(e)) and p.startswith(below) and p != root
                 ]
-                if len(level) >= self.listing_cap or not children:
+                if len(level) == self.listing_cap:  # cut too, as far as can be told
                     incomplete.append(root or "/")
                 frontier.extend(children)
             frontier = list(dict.fromkeys(frontier))

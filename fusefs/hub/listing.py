@@ -40,7 +40,11 @@ def bad_name(name: str) -> str | None:
         return f"reserved name {name!r}"
     if "/" in name or "\0" in name:
         return f"name {name!r} contains '/' or NUL"
-    if len(name.encode()) > 255:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:  # a lone surrogate, as JSON can carry: no file can be named so
+        return f"name {name!r} is not valid Unicode"
+    if len(encoded) > 255:
         return "name longer than 255 bytes"
     return None
 
