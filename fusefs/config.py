@@ -60,7 +60,7 @@ def _list(item: Callable[[object], str]) -> Callable[[object], tuple[str, ...]]:
     return parse
 
 
-def _size(value: object) -> int:
+def parse_size(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
@@ -252,7 +252,7 @@ class Settings:
         "[grpcs://]HOST:PORT",
     )
     memory: int = _setting(
-        _size,
+        parse_size,
         DEFAULT_MEMORY_BUDGET,
         ("MODELFS_MEMORY",),
         "Budget for buffered and prefetched bytes, all files together.",
@@ -266,14 +266,14 @@ class Settings:
         "DIR",
     )
     cache_size: int = _setting(
-        _size,
+        parse_size,
         DEFAULT_CACHE_SIZE,
         ("MODELFS_CACHE_SIZE",),
         "Most disk the cache may take; least recently used files go first.",
         "SIZE",
     )
     cache_min_free: int = _setting(
-        _size,
+        parse_size,
         DEFAULT_MIN_FREE,
         ("MODELFS_CACHE_MIN_FREE",),
         "Free space the cache always leaves on its filesystem.",

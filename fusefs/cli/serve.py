@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from fusefs import logs
-from fusefs.config import _size
+from fusefs.config import parse_size
 from fusefs.data.location import valid_region
 from fusefs.server.limits import KiB, Limits, MiB
 from fusefs.server.run import ServeError, ServeSettings, run_store
@@ -29,7 +29,7 @@ class Size(click.ParamType[int]):
             n = value
         else:
             try:
-                n = _size(value)
+                n = parse_size(value)
             except ValueError as e:
                 self.fail(str(e), param, ctx)
         if not self.low <= n <= self.high:
