@@ -171,20 +171,26 @@ def test_token_source_rules(tokens, adc):
     assert source.reject(first) and source.token_now() is None
     second = source.token()
     assert second != first and tokens.calls["token"] == 2
-    assert not source.reject(second)  # refused right after a forced refresh: give up
-    assert source.token() == second and tokens.calls["token"] == 2
+    assert not source.reject(second)  # refused right after a forced refresh: give up,
+    with pytest.raises(DataError, match="refused"):  # and fail at once for a while
+        source.token()
+    assert tokens.calls["token"] == 2
+    clock[0] += 6.0  # then a new token is asked for
+    third = source.token()
+    assert third not in (first, second) and tokens.calls["token"] == 3
+    assert source.reject(since=source.epoch - 1)  # a call from before that token: retry
 
     source._credentials.expiry = datetime.datetime(2000, 1, 1)  # expired: every caller waits
     with ThreadPoolExecutor(8) as pool:  # for one refresh
         got = set(pool.map(lambda _: source.token(), range(16)))
-    assert got == {tokens.issued[2]} and tokens.calls["token"] == 3
+    assert got == {tokens.issued[3]} and tokens.calls["token"] == 4
 
     tokens.refuse = True
     source2 = TokenSource(service_account(), failure_backoff=5.0, clock=lambda: clock[0])
     for _ in range(3):
         with pytest.raises(DataError):
             source2.token()
-    assert tokens.calls["token"] == 4 and source2.failure is not None
+    assert tokens.calls["token"] == 5 and source2.failure is not None
     clock[0] += 6.0  # the backoff is over: asked again
     tokens.refuse = False
     assert source2.token() in tokens.issued and source2.failure is None
