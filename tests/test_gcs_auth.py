@@ -119,11 +119,16 @@ async def test_calls_carry_the_token_refreshed_before_expiry_and_after_a_refusal
         assert await read_once() == BLOB  # a new token, asked for once
         assert bidi.seen[-1] == f"Bearer {tokens.issued[2]}" and tokens.calls["token"] == 3
 
-        tokens.revoke(tokens.issued[2])  # a freshly issued token refused: not asked again
-        for _ in range(3):
+        tokens.revoke(tokens.issued[2])  # a token that was taken, then refused: once more
+        with pytest.raises(GoneError, match="UNAUTHENTICATED"):
+            await read_once()
+        bidi.accept = lambda token: False  # and the new one refused before it was ever taken:
+        calls = len(bidi.seen)
+        for _ in range(4):  # a permission problem, not asked again (no call even leaves)
             with pytest.raises(GoneError, match="UNAUTHENTICATED"):
                 await read_once()
-        assert tokens.calls["token"] == 3 and tokens.calls["bad_assertion"] == 0
+        assert len(bidi.seen) == calls + 1
+        assert tokens.calls["token"] == 4 and tokens.calls["bad_assertion"] == 0
     assert bidi.served == 4
     assert not auth_warnings(caplog)
     assert not any(t in caplog.text for t in tokens.issued)

@@ -14,8 +14,8 @@ With STORAGE_EMULATOR_HOST set they are anonymous, as in Google's own clients.
 * refreshed before it expires (google-auth's margin), one refresh at a time, on the
   calling thread — a gRPC plugin thread or a worker thread, never the trio loop;
 * refreshed once more when the service refuses it (`reject`), and no more than
-  that: a token that was just issued and is refused again is a permission problem,
-  remembered like a failed refresh;
+  that: a token that was just issued for that reason and is refused before the service
+  ever took it (`accepted`) is a permission problem, remembered like a failed refresh;
 * a failed refresh (or a refusal of a fresh token) is remembered for
   `failure_backoff` seconds, during which every caller fails at once with
   `AuthError`: one log line per failure, not a storm of token requests or of calls
@@ -281,7 +281,8 @@ class TokenSource:
         self._lock = threading.Lock()  # the state below; never held across I/O
         self._refreshing = threading.Lock()
         self._stale = False  # refused by the service: refresh before the next use
-        self._forced = False  # the token in hand replaced one the service refused
+        # the token in hand replaced one the service refused, and has not been taken yet
+        self._forced = False
         self._failure: str | None = None
         self._retry_at = 0.0
 
@@ -361,6 +362,14 @@ class TokenSource:
         """How many tokens were obtained so far: a call that starts now sends the token of
         this epoch (or a later one)."""
         return self.refreshes
+
+    def accepted(self, token: str | None = None, *, since: int | None = None) -> None:
+        """The storage service took `token` (None: the token in hand), or the token of a
+        call that began at epoch `since`: a later refusal of it is worth a new token."""
+        with self._lock:
+            current = self._credentials.token if self._credentials is not None else None
+            if (token is None or token == current) and (since is None or since == self.refreshes):
+                self._forced = False
 
     def reject(self, token: str | None = None, *, since: int | None = None) -> bool:
         """The storage service refused `token` (None: the token in hand), or the token of a
@@ -481,15 +490,20 @@ class _CheckedCall:
         self._call = call
         self._tokens = tokens
         self._epoch = epoch  # the token source's when the call began
+        self._answered = False
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
         try:
-            return next(self._call)
+            message = next(self._call)
         except grpc.RpcError as e:
             raise _translate(e, self._tokens, self._epoch) from None
+        if not self._answered:  # the service took the call's token
+            self._answered = True
+            self._tokens.accepted(since=self._epoch)
+        return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
@@ -509,13 +523,24 @@ def _translate(e: grpc.RpcError, tokens: TokenSource, epoch: int) -> grpc.RpcErr
 
 
 class _Interceptor(grpc.StreamStreamClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Starts each call with the token in hand refreshed if due (on the calling thread,
+    which is never the trio loop's), so that the call's epoch names the token its
+    plugin sends; failures then say what credentials had to do with them."""
+
     def __init__(self, tokens: TokenSource) -> None:
         self._tokens = tokens
+
+    def _epoch(self) -> int:
+        try:
+            self._tokens.token()
+        except AuthError:
+            pass  # the plugin fails the call the same way, without sending it
+        return self._tokens.epoch
 
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: grpc.ClientCallDetails, request_iterator: Any
     ) -> Any:
-        epoch = self._tokens.epoch
+        epoch = self._epoch()
         return _CheckedCall(
             continuation(client_call_details, request_iterator), self._tokens, epoch
         )
@@ -523,7 +548,7 @@ class _Interceptor(grpc.StreamStreamClientInterceptor, grpc.UnaryStreamClientInt
     def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.ClientCallDetails, request: Any
     ) -> Any:
-        epoch = self._tokens.epoch
+        epoch = self._epoch()
         return _CheckedCall(continuation(client_call_details, request), self._tokens, epoch)
 
 
