@@ -80,8 +80,10 @@ def test_a_region_in_a_bucket_and_a_region_behind_a_listener(tmp_path, monkeypat
             assert near["gcs"]["refused"] == 0 and near["gcs"]["requests"] >= 1  # the listing
             assert near["gcs"]["bytes"] == 0  # the store only lists; the mount reads
             assert sum(hub.stats()["grpc_bytes"].values()) >= len(files["other/b/x.bin"])
-            # Two processes, two sets of tokens from the same key: each asked for its own.
+            # Two processes, two sets of tokens from the same key: each asked for its own,
+            # and sent it to the bucket alone, never to the hub.
             assert tokens.calls["token"] == 2 and tokens.calls["bad_assertion"] == 0
+            assert set(hub.stats()["requests_with_credentials"].values()) == {0}
         finally:
             m.unmount()
     finally:
@@ -89,6 +91,9 @@ def test_a_region_in_a_bucket_and_a_region_behind_a_listener(tmp_path, monkeypat
             hub.stop()
         bucket.stop()
         tokens.stop()
+    logs = [tmp_path / "mnt.log", tmp_path / "root-serve.log", tmp_path / "replica-serve.log"]
+    text = "".join(p.read_text() for p in logs)
+    assert tokens.issued and not any(token in text for token in tokens.issued)
 
 
 def test_topology_regions_in_buckets(tmp_path):

@@ -30,8 +30,11 @@ With STORAGE_EMULATOR_HOST set they are anonymous, as in Google's own clients.
 
 Over gRPC the token is attached by a call-credentials plugin, which gRPC runs on its
 own thread. gRPC reports a plugin failure as UNAVAILABLE (which a stream would
-retry); the interceptor of `GcsAuth.grpc_channel` turns it into UNAUTHENTICATED and
-tells the token source when the service answered UNAUTHENTICATED.
+retry); the interceptor of `GcsAuth.grpc_channel` turns it into UNAUTHENTICATED
+(`CredentialsRpcError`), refreshes a due token before each call starts (on the thread
+that starts it) so that it knows which token the call sends, tells the token source
+when the service took that token (a first answer) or refused it (UNAUTHENTICATED),
+and says `CredentialsRpcError` too when a new token cannot help.
 """
 
 from __future__ import annotations
