@@ -4,14 +4,28 @@ very files), the mount reads them with its own; ⚡/⇄ and fallback to peers as
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import crc32c
 import pytest
+import trio
 
+from fusefs.hub.client import RepoId
 from fusefs.hub.gcs import BucketUrl
-from fusefs.server.topology import RegionBucket, TopologyError, load
+from fusefs.server import buckets as buckets_module
+from fusefs.server.buckets import BucketRegions, Unavailable
+from fusefs.server.limits import Limits
+from fusefs.server.store import FileSums, StoredFile
+from fusefs.server.topology import Region, RegionBucket, TopologyError, load
 from fusefs.testing import MiB, run_cli, sample_bytes, start_mount, start_server, write_file
 
 from support.gcs import TokenServer, sa_environment
@@ -132,3 +146,99 @@ def test_a_bucket_region_reached_without_tls_is_refused(tmp_path):
         "Error: gcs endpoint http://storage.example is plain HTTP to another host: credentials "
         "go only over https (or to a loopback address)"
     ]
+
+
+class ListingServer:
+    """A JSON API whose listing of `gs://b` is `objects`, answered after `delay` seconds."""
+
+    def __init__(self, objects: list[dict[str, str]]) -> None:
+        self.objects, self.delay, self.requests = objects, 0.0, 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.requests += 1
+                time.sleep(owner.delay)
+                prefix = parse_qs(urlsplit(self.path).query).get("prefix", [""])[0]
+                items = [o for o in owner.objects if o["name"].startswith(prefix)]
+                body = json.dumps({"kind": "storage#objects", "items": items}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_port}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+async def test_bucket_regions_list_once_trust_only_the_same_file_and_never_hold_probes(
+    monkeypatch,
+):
+    data = b"weights"
+    md5, crc = hashlib.md5(data).digest(), crc32c.crc32c(data)
+
+    def obj(name: str, **over: str) -> dict[str, str]:
+        return {
+            "name": f"p/{name}",
+            "bucket": "b",
+            "size": str(len(data)),
+            "generation": "17",
+            "md5Hash": base64.b64encode(md5).decode(),
+            "crc32c": base64.b64encode(crc.to_bytes(4, "big")).decode(),
+            **over,
+        }
+
+    listing = ListingServer(
+        [obj("acme/a/w.bin"), obj("acme/a/x.bin", size="3"), obj("slow/r/w.bin")]
+    )
+    monkeypatch.setattr(buckets_module, "WAIT", 0.3)
+    region = Region(
+        "us", None, ("*/*",), RegionBucket(BucketUrl.parse("gs://b/p"), listing.url, "127.0.0.1:9")
+    )
+    stored = StoredFile("w.bin", len(data), 0, 1, (0, 0, 0, 0))
+    same, other = FileSums("", crc, md5), FileSums("", crc, hashlib.md5(b"other").digest())
+    environ = {"STORAGE_EMULATOR_HOST": listing.url}
+    try:
+        async with BucketRegions([region], Limits(rescan_interval=60), environ) as buckets:
+
+            async def locate(repo: str, path: str, sums: FileSums = same) -> str | None:
+                owner, name = repo.split("/")
+                return await buckets.locate(region, RepoId(owner, name), path, stored, sums)
+
+            assert (
+                await locate("acme/a", "w.bin")
+                == "grpc://127.0.0.1:9/b/p/acme/a/w.bin?generation=17"
+            )
+            assert await locate("acme/a", "w.bin", other) is None  # another file of that name
+            assert await locate("acme/a", "x.bin") is None  # another size
+            assert await locate("acme/a", "absent.bin") is None
+            assert listing.requests == 1  # one listing for the repo, used while fresh
+
+            listing.delay = 1.0  # a slow listing holds up its first probe briefly,
+            with pytest.raises(Unavailable):
+                await locate("slow/r", "w.bin")
+            with trio.fail_after(0.1):  # and the next ones not at all
+                with pytest.raises(Unavailable):
+                    await locate("slow/r", "w.bin")
+            await trio.sleep(1.0)
+            assert await locate("slow/r", "w.bin") is not None  # once listed
+            assert listing.requests == 2
+
+            listing.stop()  # a bucket out of reach: said, and not asked again at once
+            with pytest.raises(Unavailable):
+                await locate("other/r", "w.bin")
+            await trio.sleep(1.0)  # its listing has given up (3 tries)
+            assert (buckets.listings, buckets.failures) == (3, 1)
+            with trio.fail_after(0.1), pytest.raises(Unavailable, match="ConnectError"):
+                await locate("other/r", "w.bin")
+            assert buckets.listings == 3
+    finally:
+        listing.stop()

@@ -11,9 +11,10 @@ the JSON API with credentials of its own (Application Default Credentials, looke
 on first use; none with STORAGE_EMULATOR_HOST), repo by repo:
 
 * a repo's listing is kept and used while younger than `--rescan-interval`; then the
-  next probe has it listed again, once however many probes ask (they wait for it at
-  most `WAIT` seconds; a probe that cannot be answered in time is told 503, which a
-  client takes as a transient miss of this region and goes on to the next);
+  next probe has it listed again, once however many probes ask (they wait for it
+  until it has taken `WAIT` seconds; a probe that cannot be answered by then is told
+  503 at once, which a client takes as a transient miss of this region and goes on
+  to the next);
 * an object is this region's copy of a file only when it is that very file: the
   size and the MD5 (the CRC32C when the object has no MD5) the store computed of it.
   Otherwise — missing, stale, another file — the region does not have the file, and
@@ -93,7 +94,7 @@ class BucketRegions:
         self._held = 0  # objects in self._listings
         self._failed: dict[_Key, tuple[float, str]] = {}  # until (trio clock), why
         self._told: dict[str, str] = {}  # region -> the failure last logged
-        self._pending: dict[_Key, trio.Event] = {}
+        self._pending: dict[_Key, tuple[trio.Event, float]] = {}  # done, started
         self._nursery: trio.Nursery | None = None
         self._stack = AsyncExitStack()
 
@@ -138,16 +139,17 @@ class BucketRegions:
         failed = self._failed.get(key)
         if failed is not None and failed[0] > asked:
             raise Unavailable(failed[1])
-        done = self._pending.get(key)
-        if done is None:
+        pending = self._pending.get(key)
+        if pending is None:
             assert self._nursery is not None, "BucketRegions used outside `async with`"
-            done = self._pending[key] = trio.Event()
-            self._nursery.start_soon(self._list, key, done)
-        with trio.move_on_after(WAIT):
-            await done.wait()
+            pending = self._pending[key] = (trio.Event(), asked)
+            self._nursery.start_soon(self._list, key, pending[0])
+        done, started = pending
+        with trio.move_on_after(max(0.0, started + WAIT - asked)):  # a slow listing
+            await done.wait()  # holds up its first probes, not every one
         known = self._listings.get(key)
-        if known is not None and known.at >= asked - WAIT:
-            return known  # listed for this probe (or just before it)
+        if known is not None and known.at >= started:
+            return known  # listed for this probe
         failed = self._failed.get(key)
         if failed is not None:
             raise Unavailable(failed[1])
