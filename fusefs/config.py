@@ -20,6 +20,7 @@ from fusefs.data.client import DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET
 from fusefs.data.gcs_auth import GrpcEndpoint, JsonEndpoint
 from fusefs.data.location import valid_region
 from fusefs.hub.client import RepoSpec
+from fusefs.hub.gcs import BucketUrl
 from fusefs.vfs.openfiles import DEFAULT_LINGER
 
 DEFAULT_CONFIG = "/etc/modelfs/config.toml"
@@ -35,10 +36,13 @@ def _text(value: object) -> str:
     return value.strip()
 
 
-def _url(value: object) -> str:
+def _hub(value: object) -> str:
+    """A hub's http(s) URL, or gs://BUCKET[/PREFIX] (a bucket read as a catalog)."""
     text = _text(value)
+    if text.startswith("gs://"):
+        return str(BucketUrl.parse(text))  # ValueError names what is wrong
     if not re.match(r"^https?://[^/\s]+", text):
-        raise ValueError(f"expected an http(s) URL, got {text!r}")
+        raise ValueError(f"expected an http(s) URL or gs://BUCKET[/PREFIX], got {text!r}")
     return text.rstrip("/")
 
 
@@ -197,7 +201,13 @@ def _setting(
 class Settings:
     """Every mount setting, typed; see `SETTINGS` for how each is given."""
 
-    hub: str | None = _setting(_url, None, ("MODELFS_HUB",), "Hub API base URL.", "URL")
+    hub: str | None = _setting(
+        _hub,
+        None,
+        ("MODELFS_HUB",),
+        "Hub API base URL, or a Cloud Storage bucket laid out as PREFIX/<owner>/<name>/<files…>.",
+        "URL|gs://BUCKET[/PREFIX]",
+    )
     repos: tuple[str, ...] = _setting(
         _list(_repo),
         (),

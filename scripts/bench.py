@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from fusefs.cache.digest import Digest
 from fusefs.cache.entry import Layout, is_sealed
 from fusefs.cache.store import CacheLimits, DiskCache, cache_key
 from fusefs.data.client import DEFAULT_MEMORY_BUDGET, DataClient
@@ -651,15 +652,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> float | None:
     return time.perf_counter() - t
 
 
-async def cache_entries_of(hub: str, paths: list[str]) -> list[tuple[str, int, str | None]]:
-    """(cache key, size, sha256) of each file, as a mount of the repo names its cache entry."""
+async def cache_entries_of(hub: str, paths: list[str]) -> list[tuple[str, int, Digest | None]]:
+    """(cache key, size, digest) of each file, as a mount of the repo names its cache entry."""
     async with HubClient(hub) as client:
         snap = await client.snapshot(REPO)
     files = {f.path: f for f in snap.files}
-    return [
-        (cache_key(files[p].sha256, str(REPO), snap.commit, p), files[p].size, files[p].sha256)
-        for p in paths
-    ]
+    out = []
+    for p in paths:
+        f = files[p]
+        digest = Digest.of(f)
+        key = cache_key(digest, f.size, REPO.key, snap.content_id(f), p)
+        out.append((key, f.size, digest))
+    return out
 
 
 def measure_disk_cache(b: Bench, report: Report) -> None:
@@ -690,8 +694,8 @@ def measure_disk_cache(b: Bench, report: Report) -> None:
     disk = DiskCache(cache, CacheLimits(size=0))  # for path_of only; never opened
     expected = trio.run(cache_entries_of, b.server.hub, [big, *shards])
 
-    def sealed(key: str, size: int, sha256: str | None) -> bool:
-        return is_sealed(disk.path_of(key), Layout(size, disk.limits.block_size), sha256)
+    def sealed(key: str, size: int, digest: Digest | None) -> bool:
+        return is_sealed(disk.path_of(key), Layout(size, disk.limits.block_size), digest)
 
     def all_sealed(m: Mount) -> bool:
         return m.status()["cache"]["sealed"] >= len(expected) and all(sealed(*e) for e in expected)

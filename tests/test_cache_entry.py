@@ -6,8 +6,10 @@ import hashlib
 import itertools
 import os
 
+import crc32c
 import pytest
 
+from fusefs.cache.digest import Digest
 from fusefs.cache.entry import Entry, Layout, is_sealed, try_evict
 from fusefs.cache.source import segments
 from fusefs.cache.store import CacheLimits, DiskCache, cache_key
@@ -15,8 +17,8 @@ from fusefs.cache.store import CacheLimits, DiskCache, cache_key
 BLOCK = 64 << 10
 
 
-def entry_at(tmp_path, data: bytes, sha: str | None = None, name: str = "e") -> Entry:
-    return Entry.open(str(tmp_path / name), len(data), BLOCK, sha)
+def entry_at(tmp_path, data: bytes, digest: Digest | None = None, name: str = "e") -> Entry:
+    return Entry.open(str(tmp_path / name), len(data), BLOCK, digest)
 
 
 def fill(entry: Entry, data: bytes) -> None:
@@ -103,19 +105,24 @@ def test_claims_exclude_other_open_files_all_or_nothing(tmp_path):
     b.close()
 
 
-def test_seal_checks_sha256(tmp_path):
+@pytest.mark.parametrize("kind", ["sha256", "md5", "crc32c"])
+def test_seal_checks_the_listing_digest(tmp_path, kind):
+    def digest(data: bytes) -> Digest:
+        if kind == "crc32c":
+            return Digest("crc32c", crc32c.crc32c(data).to_bytes(4, "big"))
+        return Digest(kind, hashlib.new(kind, data).digest())
+
     data = os.urandom(2 * BLOCK + 3)
-    good = hashlib.sha256(data).hexdigest()
+    good = digest(data)
     e = entry_at(tmp_path, data, good, "good")
     e.write([data[:BLOCK]], range(1))
     assert e.verify_and_seal() is None  # not all here yet
     fill(e, data)
     assert e.verify_and_seal() is True and e.complete()
     assert is_sealed(e.path, e.layout, good)
-    assert not is_sealed(e.path, e.layout, hashlib.sha256(b"other").hexdigest())
+    assert not is_sealed(e.path, e.layout, digest(b"other"))
     e.close()
-    wrong = hashlib.sha256(b"something else").hexdigest()
-    e = entry_at(tmp_path, data, wrong, "bad")
+    e = entry_at(tmp_path, data, digest(b"something else"), "bad")
     fill(e, data)
     assert e.verify_and_seal() is False
     assert not e.complete() and e.present(range(3)) == [False] * 3
@@ -145,13 +152,21 @@ def test_unusable_file_is_discarded_and_made_anew(tmp_path):
 
 
 def test_keys_are_content_addresses():
-    sha = "AB" * 32
+    sha = Digest.sha256("AB" * 32)
     assert (
-        cache_key(sha, "a/b", "c1", "x")
-        == cache_key(sha, "z/y", "c2", "w")
+        cache_key(sha, 5, "a/b", "c1", "x")
+        == cache_key(sha, 6, "z/y", "c2", "w")
         == "sha256-" + "ab" * 32
     )
-    assert cache_key(None, "a/b", "c1", "x") != cache_key(None, "a/b", "c2", "x")
+    assert cache_key(None, 5, "a/b", "c1", "x") != cache_key(None, 5, "a/b", "c2", "x")
+    md5 = Digest("md5", bytes(range(16)))  # an object's MD5 and size address its content
+    assert cache_key(md5, 5, "a/b", "generation 1", "x") == cache_key(md5, 5, "z/y", "c", "w")
+    assert cache_key(md5, 5, "a/b", "c", "x") != cache_key(md5, 6, "a/b", "c", "x")
+    crc = Digest("crc32c", b"\x01\x02\x03\x04")  # too weak to: named by the object
+    assert cache_key(crc, 5, "a/b", "generation 1", "x") != cache_key(crc, 5, "z/y", "c", "w")
+    assert cache_key(crc, 5, "a/b", "generation 1", "x") == cache_key(
+        None, 5, "a/b", "generation 1", "x"
+    )
 
 
 def disk(tmp_path, size: int) -> DiskCache:
@@ -220,7 +235,7 @@ def test_shrunk_limit_takes_effect_at_open(tmp_path):
 @pytest.mark.parametrize("size", [1, BLOCK - 1, BLOCK, BLOCK + 1])
 def test_small_and_edge_sizes(tmp_path, size):
     data = os.urandom(size)
-    e = entry_at(tmp_path, data, hashlib.sha256(data).hexdigest())
+    e = entry_at(tmp_path, data, Digest.sha256(hashlib.sha256(data).hexdigest()))
     fill(e, data)
     assert e.read(0, size) == data
     assert e.verify_and_seal() is True

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from fusefs.testing import (
+    clean_env,
     is_mounted,
     run_cli,
     sample_bytes,
@@ -65,6 +66,21 @@ def test_already_mounted_mountpoint(server, tmp_path):
 def test_bad_settings(server, tmp_path, args, words):
     one_line_error(run_cli("mount", str(tmp_path), "--hub", server.hub, *args), words)
     assert not is_mounted(tmp_path)
+
+
+def test_a_bucket_mount_without_credentials(tmp_path):
+    gcloud = tmp_path / "gcloud"
+    gcloud.mkdir()
+    env = clean_env(
+        GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing-key.json"),
+        CLOUDSDK_CONFIG=str(gcloud),
+        NO_GCE_CHECK="true",
+        STORAGE_EMULATOR_HOST="",
+    )
+    (tmp_path / "m").mkdir()
+    result = run_cli("mount", str(tmp_path / "m"), "--hub", "gs://bkt/models", env=env)
+    one_line_error(result, "no usable Google credentials")
+    assert not is_mounted(tmp_path / "m")
 
 
 @pytest.mark.parametrize(

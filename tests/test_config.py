@@ -55,12 +55,28 @@ def test_modelscope_region_variables_are_honoured():
         ("read_timeout = -1\n", "read_timeout"),
         ('repos = ["noslash"]\n', "repos"),
         ("hub = \n", "config file"),
+        ('hub = "gs://Not_A_Bucket/models"\n', "bad bucket name"),
+        ('hub = "gs://bkt/../models"\n', "bad prefix"),
+        ('hub = "s3://bkt"\n', "gs://BUCKET"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, words):
     with pytest.raises(ConfigError) as e:
         merge({}, write(tmp_path, text), {})
     assert words in str(e.value)
+
+
+def test_a_bucket_is_a_hub(tmp_path):
+    got = merge({}, write(tmp_path, 'hub = "gs://bkt/models/zoo/"\n'), {})
+    assert got["hub"].value == "gs://bkt/models/zoo"
+    assert translate("gs://bkt/models", "/models", "repo=a/b") == [
+        "mount",
+        "/models",
+        "--hub",
+        "gs://bkt/models",
+        "--repo",
+        "a/b",
+    ]
 
 
 def test_missing_explicit_config_is_an_error(tmp_path):

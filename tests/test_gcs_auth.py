@@ -119,11 +119,16 @@ async def test_calls_carry_the_token_refreshed_before_expiry_and_after_a_refusal
         assert await read_once() == BLOB  # a new token, asked for once
         assert bidi.seen[-1] == f"Bearer {tokens.issued[2]}" and tokens.calls["token"] == 3
 
-        tokens.revoke(tokens.issued[2])  # a freshly issued token refused: not asked again
-        for _ in range(3):
+        tokens.revoke(tokens.issued[2])  # a token that was taken, then refused: once more
+        with pytest.raises(GoneError, match="UNAUTHENTICATED"):
+            await read_once()
+        bidi.accept = lambda token: False  # and the new one refused before it was ever taken:
+        calls = len(bidi.seen)
+        for _ in range(4):  # a permission problem, not asked again (no call even leaves)
             with pytest.raises(GoneError, match="UNAUTHENTICATED"):
                 await read_once()
-        assert tokens.calls["token"] == 3 and tokens.calls["bad_assertion"] == 0
+        assert len(bidi.seen) == calls + 1
+        assert tokens.calls["token"] == 4 and tokens.calls["bad_assertion"] == 0
     assert bidi.served == 4
     assert not auth_warnings(caplog)
     assert not any(t in caplog.text for t in tokens.issued)
@@ -171,20 +176,26 @@ def test_token_source_rules(tokens, adc):
     assert source.reject(first) and source.token_now() is None
     second = source.token()
     assert second != first and tokens.calls["token"] == 2
-    assert not source.reject(second)  # refused right after a forced refresh: give up
-    assert source.token() == second and tokens.calls["token"] == 2
+    assert not source.reject(second)  # refused right after a forced refresh: give up,
+    with pytest.raises(DataError, match="refused"):  # and fail at once for a while
+        source.token()
+    assert tokens.calls["token"] == 2
+    clock[0] += 6.0  # then a new token is asked for
+    third = source.token()
+    assert third not in (first, second) and tokens.calls["token"] == 3
+    assert source.reject(since=source.epoch - 1)  # a call from before that token: retry
 
     source._credentials.expiry = datetime.datetime(2000, 1, 1)  # expired: every caller waits
     with ThreadPoolExecutor(8) as pool:  # for one refresh
         got = set(pool.map(lambda _: source.token(), range(16)))
-    assert got == {tokens.issued[2]} and tokens.calls["token"] == 3
+    assert got == {tokens.issued[3]} and tokens.calls["token"] == 4
 
     tokens.refuse = True
     source2 = TokenSource(service_account(), failure_backoff=5.0, clock=lambda: clock[0])
     for _ in range(3):
         with pytest.raises(DataError):
             source2.token()
-    assert tokens.calls["token"] == 4 and source2.failure is not None
+    assert tokens.calls["token"] == 5 and source2.failure is not None
     clock[0] += 6.0  # the backoff is over: asked again
     tokens.refuse = False
     assert source2.token() in tokens.issued and source2.failure is None

@@ -21,7 +21,13 @@ import trio
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
 from fusefs.data.errors import AuthError, ChecksumError, DataError, GoneError
-from fusefs.data.gcs_auth import GcsAuth, GcsEndpoints, TokenSource, load_credentials
+from fusefs.data.gcs_auth import (
+    GcsAuth,
+    GcsEndpoints,
+    TokenSource,
+    application_default,
+    refresh_transport,
+)
 from fusefs.data.gcs_media import GcsMediaSource, bidi_refused
 from fusefs.data.location import GrpcObject, parse_grpc_url
 from fusefs.hub.client import HubError, RepoId, RepoNotFound
@@ -366,7 +372,9 @@ async def test_media_answers_that_are_not_the_pinned_object(tmp_path, monkeypatc
     bucket, elsewhere = ScriptedBucket(), ScriptedBucket()
     try:
         sa_environment(monkeypatch, tmp_path, tokens.key_file(tmp_path / "key.json"))
-        auth = GcsAuth(GcsEndpoints.resolve(bucket.url, None, {}), load_credentials())
+        clock = [0.0]
+        source = TokenSource(application_default(refresh_transport()), clock=lambda: clock[0])
+        auth = GcsAuth(GcsEndpoints.resolve(bucket.url, None, {}), source)
         data = b"0123456789abcdef"
         good = {"body": data, "x-goog-generation": "8"}
         obj = GrpcObject("unused:1", "b", "o/r/f.bin", 8)
@@ -384,7 +392,13 @@ async def test_media_answers_that_are_not_the_pinned_object(tmp_path, monkeypatc
             assert tokens.calls["token"] == 2 and bucket.auth[-1] == f"Bearer {tokens.issued[1]}"
             with pytest.raises(AuthError, match="401"):  # the new token refused too
                 await read({"refuse": set(tokens.issued)})
-            assert tokens.calls["token"] == 2
+            sent = len(bucket.auth)
+            with pytest.raises(AuthError, match="refused"):  # then no request for a while
+                await read({})
+            assert tokens.calls["token"] == 2 and len(bucket.auth) == sent
+            clock[0] += 60  # a while later: a new token, and reads again
+            assert await read({}) == data
+            assert tokens.calls["token"] == 3
             with pytest.raises(GoneError, match="generation 9 served"):
                 await read({"x-goog-generation": "9"})
             with pytest.raises(DataError, match="without x-goog-generation"):
@@ -407,7 +421,7 @@ async def test_media_answers_that_are_not_the_pinned_object(tmp_path, monkeypatc
             assert await open_reader(obj, len(data), limits).read(0, 3) == b"012"
         assert [f.path for f in snap.files] == ["f.bin"]
         assert elsewhere.requests == []
-        assert all(a == f"Bearer {tokens.issued[1]}" for a in bucket.auth[-4:])
+        assert all(a == f"Bearer {tokens.issued[2]}" for a in bucket.auth[-4:])
     finally:
         bucket.stop()
         elsewhere.stop()

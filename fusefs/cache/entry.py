@@ -2,7 +2,8 @@
 
 Layout (all little-endian):
 
-    header  64 bytes   magic, version, block size, file size, complete flag, sha256
+    header  64 bytes   magic, version, block size, file size, complete flag, digest
+                       (the listing's SHA-256, MD5 or CRC32C, zero-padded: `digest.py`)
     table   8 bytes per block: CRC32C of the block, a "present" flag
     data    from a 4 KiB-aligned offset, the file's bytes at their own offsets
 
@@ -20,14 +21,13 @@ interact with I/O:
   exclusively, so a file being read is never evicted;
 * an exclusive lock per block while a process fetches it: others wait for the
   bytes instead of fetching them a second time;
-* an exclusive lock on VERIFY while a process checks the whole file's sha256.
+* an exclusive lock on VERIFY while a process checks the whole file's digest.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import struct
@@ -35,6 +35,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import crc32c
+
+from fusefs.cache.digest import HEADER_BYTES, Digest
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +103,17 @@ class Entry:
     except the cheap table/lock calls, which touch only a few bytes."""
 
     def __init__(
-        self, path: str, fd: int, layout: Layout, sha256: str | None, created: bool = False
+        self, path: str, fd: int, layout: Layout, digest: Digest | None, created: bool = False
     ):
         self.path = path
         self.created = created  # this call made the file: its metadata is new on disk
         self.fd = fd
         self.layout = layout
-        self.sha256 = sha256
+        self.digest = digest
         self._verified = bytearray(layout.blocks)  # blocks whose CRC this process checked
 
     @classmethod
-    def open(cls, path: str, size: int, block_size: int, sha256: str | None) -> Entry:
+    def open(cls, path: str, size: int, block_size: int, digest: Digest | None) -> Entry:
         """Open the entry at `path`, creating it when missing; holds IN_USE until close().
 
         An entry that cannot be used (another version, damaged header) is discarded
@@ -122,19 +124,19 @@ class Entry:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
-                created = _create(path, layout, sha256)
+                created = _create(path, layout, digest)
                 continue
             usable = False
             try:
                 if not _lock(fd, fcntl.F_RDLCK, IN_USE, 1) or os.fstat(fd).st_nlink == 0:
                     continue  # evicted under us: open the next one
                 try:
-                    _check_header(fd, layout, sha256)
+                    _check_header(fd, layout, digest)
                 except EntryError as e:
                     log.warning("cache entry %s discarded: %s", path, e)
                 else:
                     usable = True
-                    return cls(path, fd, layout, sha256, created)
+                    return cls(path, fd, layout, digest, created)
             finally:
                 if not usable:
                     os.close(fd)
@@ -239,7 +241,7 @@ class Entry:
         """When every block is present, check the whole file and mark it complete.
 
         True: sealed (or already). False: the bytes do not match the listing's
-        sha256; every block is forgotten. None: not every block is here, or another
+        digest; every block is forgotten. None: not every block is here, or another
         process is checking it right now.
         """
         if self.complete():
@@ -249,8 +251,8 @@ class Entry:
         try:
             if self.complete():
                 return True
-            if self.sha256 is not None:
-                digest = hashlib.sha256()
+            if self.digest is not None:
+                digest = self.digest.hasher()
                 lay = self.layout
                 step = 16 * lay.block_size
                 for pos in range(0, lay.size, step):
@@ -259,7 +261,7 @@ class Entry:
                     if chunk is None:
                         return None  # a damaged block was just forgotten
                     digest.update(chunk)
-                if digest.hexdigest() != self.sha256:
+                if digest.digest() != self.digest.value:
                     for index in range(lay.blocks):
                         self._forget(index)
                     return False
@@ -305,23 +307,23 @@ def _read_header(fd: int) -> tuple[bytes, int, int, int, int, bytes]:
     return HEADER.unpack(raw)
 
 
-def _check_header(fd: int, layout: Layout, sha256: str | None) -> None:
+def _check_header(fd: int, layout: Layout, expected: Digest | None) -> None:
     magic, version, block_size, size, _complete, digest = _read_header(fd)
     if magic != MAGIC or version != VERSION:
         raise EntryError("not a cache entry of this version")
     if block_size != layout.block_size or size != layout.size:
         raise EntryError(f"entry is for {size} bytes in {block_size}-byte blocks")
-    if sha256 is not None and digest != bytes.fromhex(sha256):
-        raise EntryError("entry is for another sha256")
+    if expected is not None and digest != expected.header():
+        raise EntryError(f"entry is for another {expected.kind}")
 
 
-def _create(path: str, layout: Layout, sha256: str | None) -> bool:
+def _create(path: str, layout: Layout, expected: Digest | None) -> bool:
     """Make a fresh entry appear atomically: built under a temporary name, then linked.
     False when another process made it first."""
     tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        digest = bytes.fromhex(sha256) if sha256 else bytes(32)
+        digest = expected.header() if expected is not None else bytes(HEADER_BYTES)
         os.pwrite(fd, HEADER.pack(MAGIC, VERSION, layout.block_size, layout.size, 0, digest), 0)
         os.ftruncate(fd, layout.data_offset + layout.size)  # sparse: no space until written
         try:
@@ -334,14 +336,14 @@ def _create(path: str, layout: Layout, sha256: str | None) -> bool:
         os.unlink(tmp)
 
 
-def is_sealed(path: str, layout: Layout, sha256: str | None) -> bool:
+def is_sealed(path: str, layout: Layout, digest: Digest | None) -> bool:
     """Whether the entry at `path` is complete and verified (only its header is read)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        _check_header(fd, layout, sha256)
+        _check_header(fd, layout, digest)
         return bool(_read_header(fd)[4] == 1)
     except (OSError, EntryError):
         return False

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import trio
 
+from fusefs.cache.digest import Digest
 from fusefs.cache.entry import Entry, EntryError, Layout, is_sealed
 from fusefs.cache.store import DiskCache, cache_key
 from fusefs.data.errors import DataError, DeadlineError, GoneError
@@ -67,7 +68,7 @@ class CachedSource:
         cache: DiskCache,
         key: str,
         size: int,
-        sha256: str | None,
+        digest: Digest | None,
         network: RangeSource | None,
         nursery: trio.Nursery,
         wake: Callable[[Callable[[], None]], None],
@@ -80,8 +81,8 @@ class CachedSource:
             self._trusted.set()
         self.network = network
         self._cache = cache
-        self._key, self._size, self._sha256 = key, size, sha256
-        self._entry: Entry = cache.open_entry(key, size, sha256)
+        self._key, self._size, self._digest = key, size, digest
+        self._entry: Entry = cache.open_entry(key, size, digest)
         self._held = True  # this process keeps the entry from eviction
         self._nursery = nursery
         self._wake = wake
@@ -147,7 +148,7 @@ class CachedSource:
         try:
             # A fresh entry needs room, and making room may walk the cache directory.
             fresh = await trio.to_thread.run_sync(
-                self._cache.open_entry, self._key, self._size, self._sha256
+                self._cache.open_entry, self._key, self._size, self._digest
             )
         except (OSError, EntryError) as e:
             # The evicted entry's file still works for this process; nothing is lost.
@@ -333,7 +334,9 @@ class CachedSource:
                 elif sealed is False:
                     self._cache.stats.add(rejected=1)
                     log.error(
-                        "cache: %s does not match its sha256; its blocks are discarded", self._key
+                        "cache: %s does not match its %s; its blocks are discarded",
+                        self._key,
+                        self._digest.kind if self._digest is not None else "digest",
                     )
         except OSError as e:
             log.warning("cache %s: not sealed (%s)", self._key, e)
@@ -385,21 +388,21 @@ class FileCache:
         self._nursery = nursery
         self._wake = trio_waker()
 
-    def sealed(self, key: str, size: int, sha256: str | None) -> bool:
+    def sealed(self, key: str, size: int, digest: Digest | None) -> bool:
         """Whether the entry for `key` is sealed: readable with no network at all."""
-        return is_sealed(self.disk.path_of(key), Layout(size, self.disk.limits.block_size), sha256)
+        return is_sealed(self.disk.path_of(key), Layout(size, self.disk.limits.block_size), digest)
 
     def source(
         self,
         key: str,
         size: int,
-        sha256: str | None,
+        digest: Digest | None,
         network: RangeSource | None,
         *,
         trusted: bool = True,
     ) -> CachedSource:
         return CachedSource(
-            self.disk, key, size, sha256, network, self._nursery, self._wake, trusted=trusted
+            self.disk, key, size, digest, network, self._nursery, self._wake, trusted=trusted
         )
 
     key = staticmethod(cache_key)

@@ -5,9 +5,11 @@
                                  process; flocked while that number is read and changed
 
 Keys are content addresses: `sha256-<hex>` when the listing gives the file's
-digest (the same file in two repos or two mounts is stored once), else a digest
-of repo, commit and path (a pinned commit never changes its files). A changed
-file has another key, so it can never be served from a stale entry.
+SHA-256, `md5-<hex>-<size>` when it gives an object's MD5 (the same file in two
+repos or two mounts is stored once), else a digest of repo, commit (or object
+generation) and path (a pinned commit never changes its files; a generation names
+one content of its object). A changed file has another key, so it can never be
+served from a stale entry.
 
 Room is reserved before a block is written; when the limit or the free-space
 reserve would be crossed, whole entries are evicted, least recently used first,
@@ -31,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusefs.cache.digest import Digest
 from fusefs.cache.entry import Entry, tmp_owner, try_evict
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,8 @@ class CacheStats:
     evicted_bytes: int = 0
     damaged_blocks: int = 0  # failed their CRC: discarded and fetched again
     waits: int = 0  # times a block was awaited from another process
-    sealed: int = 0  # files verified whole against their sha256
-    rejected: int = 0  # files whose bytes did not match their sha256
+    sealed: int = 0  # files verified whole against their digest
+    rejected: int = 0  # files whose bytes did not match their digest
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -75,9 +78,13 @@ class CacheStats:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def cache_key(sha256: str | None, repo: str, commit: str, path: str) -> str:
-    if sha256:
-        return f"sha256-{sha256.lower()}"
+def cache_key(digest: Digest | None, size: int, repo: str, commit: str, path: str) -> str:
+    """The entry's name: the content's address when `digest` addresses content, else
+    the file's own name (repo, the commit or generation that fixes its content, path)."""
+    if digest is not None and digest.kind == "sha256":
+        return f"sha256-{digest.value.hex()}"
+    if digest is not None and digest.addresses_content:
+        return f"{digest.kind}-{digest.value.hex()}-{size}"
     named = hashlib.sha256(f"{repo}\0{commit}\0{path}".encode()).hexdigest()
     return f"path-{named}"
 
@@ -117,10 +124,10 @@ class DiskCache:
     def path_of(self, key: str) -> str:
         return str(self.entries / key[-2:] / key)
 
-    def open_entry(self, key: str, size: int, sha256: str | None) -> Entry:
+    def open_entry(self, key: str, size: int, digest: Digest | None) -> Entry:
         path = self.path_of(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        entry = Entry.open(path, size, self.limits.block_size, sha256)
+        entry = Entry.open(path, size, self.limits.block_size, digest)
         if entry.created:
             self.reserve(entry.layout.data_offset)  # header and table take room too
         try:

@@ -1,15 +1,16 @@
 """`mount.fuse.modelfs`: lets mount(8) and /etc/fstab start a modelfs mount.
 
 mount(8) runs `mount.fuse.modelfs SOURCE MOUNTPOINT -o OPTIONS`. SOURCE may be
-the hub URL; OPTIONS carry settings as key=value, one for every setting of
-`modelfs mount` under the name of its flag with '_' for '-' (`hub=`, `repo=`
-repeatable, `repo_type=`, `region=`, `inter_regions=a:b`, `cache_dir=`, ...: see
+the hub URL (or gs://BUCKET[/PREFIX]); OPTIONS carry settings as key=value, one for
+every setting of `modelfs mount` under the name of its flag with '_' for '-' (`hub=`,
+`repo=` repeatable, `repo_type=`, `region=`, `inter_regions=a:b`, `cache_dir=`, ...: see
 `fusefs.config.SETTINGS`), plus `config=` and `log_file=`. A boolean setting may be
 given bare (`allow_other`). Lists take ':' between items, since ',' separates
 mount options. Generic mount options (noauto, _netdev, x-systemd.…) are for
 mount(8) and systemd and are ignored here. Example fstab line:
 
     http://hub:8080  /models  fuse.modelfs  repo=Qwen/Qwen3-8B,region=cn-hangzhou,_netdev  0 0
+    gs://my-bucket/models  /models  fuse.modelfs  repo=acme/llm,_netdev  0 0
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class HelperError(ValueError):
 def translate(source: str, mountpoint: str, options: str) -> list[str]:
     """The `modelfs mount` command line for one mount(8) call."""
     args = ["mount", mountpoint]
-    if source.startswith(("http://", "https://")):
+    if source.startswith(("http://", "https://", "gs://")):
         args += ["--hub", source]
     for opt in filter(None, options.split(",")):
         key, eq, value = opt.partition("=")

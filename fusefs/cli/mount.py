@@ -50,6 +50,7 @@ def mount(
     Examples:
       modelfs mount /models --hub http://127.0.0.1:8080 --repo Qwen/Qwen3-8B
       modelfs mount /datasets --hub http://127.0.0.1:8080 --repo-type dataset
+      modelfs mount /models --hub gs://my-bucket/models --repo acme/llm
       modelfs mount /models --hub http://hub:8080 --repo acme/llm@v1.0 --region cn-hangzhou \\
           --inter-regions cn-beijing,cn-shanghai --foreground
     """
@@ -75,6 +76,8 @@ def mount(
         cache_limits=CacheLimits(size=given.cache_size, min_free=given.cache_min_free),
         linger=given.linger,
         max_streams=given.max_streams,
+        gcs_endpoint=given.gcs_endpoint,
+        gcs_grpc_endpoint=given.gcs_grpc_endpoint,
     )
     if not foreground:
         sys.exit(_start_in_background(mountpoint, log_file))

@@ -18,6 +18,15 @@ store that refuses for want of capacity (RESOURCE_EXHAUSTED) is asked again, on 
 same stream, with a jittered backoff, for a bounded time of its own: it is busy, not
 broken, and another region is only tried after that.
 
+A stream to Cloud Storage itself (`cloud_storage`, the storage gRPC endpoint with its
+credentials) reads a few statuses differently: UNAUTHENTICATED is worth one reopen
+(the credentials' interceptor has the token replaced; it says `CredentialsRpcError`
+when a new token cannot help, which is an `AuthError`, as PERMISSION_DENIED is), and
+a refusal of BidiReadObject itself (the codes in `refused`, see
+`gcs_media.bidi_refused`) is a `BidiRefusedError`:
+the object is to be read with media GETs instead. The object's CRC32C, when pinned by
+a listing, must be the one the store's metadata names.
+
 Within a data client the stream holds one of its `StreamSlots` while open: it asks for
 one when it starts, waits its turn when none is free, and tells the slots (on the trio
 thread) when it turns idle, so that an idle stream can be closed for another or once
@@ -42,6 +51,8 @@ from google.rpc import status_pb2
 
 from fusefs.data.decode import decode_response
 from fusefs.data.errors import (
+    AuthError,
+    BidiRefusedError,
     ChecksumError,
     DataError,
     GoneError,
@@ -50,6 +61,7 @@ from fusefs.data.errors import (
     RangeError,
     TransientError,
 )
+from fusefs.data.gcs_auth import CredentialsRpcError
 from fusefs.data.location import GrpcObject
 from fusefs.data.ranges import RangeRead
 from fusefs.data.receivers import Receivers
@@ -134,6 +146,9 @@ class BidiStream:
         slots: StreamSlots | None = None,
         wake: Waker | None = None,
         receivers: Receivers | None = None,
+        cloud_storage: bool = False,
+        refused: frozenset[grpc.StatusCode] = frozenset(),
+        crc32c: int | None = None,
     ):
         if (slots is None) != (wake is None):
             raise ValueError("slots are told from the trio thread: give both or neither")
@@ -141,6 +156,9 @@ class BidiStream:
         self.size = size
         self.limits = limits
         self.counters = SourceCounters()
+        self.cloud_storage = cloud_storage
+        self._refused = refused
+        self._crc32c = crc32c
         self._slots = slots
         self._wake = wake
         self._receivers = receivers
@@ -347,7 +365,7 @@ class BidiStream:
                 self._on_response(response)
             outcome = _Break(None)
         except grpc.RpcError as e:
-            outcome = _classify(e)
+            outcome = _classify(e, self._refused if self.cloud_storage else None)
         except ProtocolError as e:
             self.counters.bad_chunks += 1
             call.cancel()
@@ -382,6 +400,15 @@ class BidiStream:
                         )
                     )
                 self._object_generation = meta.generation
+            if (
+                self._crc32c is not None
+                and meta.HasField("checksums")
+                and meta.checksums.HasField("crc32c")
+                and meta.checksums.crc32c != self._crc32c
+            ):
+                raise _Break(
+                    GoneError(f"{self.target.object}: its CRC32C is not the pinned one (changed)")
+                )
         if response.read_handle is not None:
             self._read_handle = response.read_handle.handle
         for data in response.ranges:
@@ -508,9 +535,18 @@ def _drain(requests: _Requests) -> Iterator[pb.BidiReadObjectRequest]:
         yield message
 
 
-def _classify(e: grpc.RpcError) -> _Break:
+def _classify(e: grpc.RpcError, cloud_storage: frozenset[grpc.StatusCode] | None = None) -> _Break:
+    """How a call's status ends a generation; `cloud_storage`: the codes that mean bidi
+    reads are refused, for a stream to Cloud Storage itself (None: any other store)."""
     code = e.code()
     message = f"{code.name}: {e.details()}"
+    if cloud_storage is not None:
+        if isinstance(e, CredentialsRpcError) or code == grpc.StatusCode.PERMISSION_DENIED:
+            return _Break(AuthError(e.details() or message))
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return _Break(TransientError(message))  # a new token is on its way
+        if code in cloud_storage:
+            return _Break(BidiRefusedError(message))
     status = _status_details(e)
     redirect: pb.BidiReadObjectRedirectedError | None = None
     range_errors: dict[int, DataError] = {}

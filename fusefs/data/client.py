@@ -6,10 +6,17 @@ This is also the library API for tools that read without a mount:
     async with DataClient() as data:
         reader = data.open_reader(location, size)
         head = await reader.read(0, 1 << 20)
+
+With Cloud Storage credentials (`gcs`), the channel to the storage gRPC endpoint
+carries them (and only that channel). An object there whose bucket refuses
+BidiReadObject (`refuse_bidi`, told by the data path that saw the refusal) is read,
+from then on, with ranged JSON-API media GETs (`GcsMediaSource`), as is every
+object of that bucket opened later.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -19,8 +26,10 @@ import httpx
 import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
+from fusefs.data.gcs_auth import GcsAuth
+from fusefs.data.gcs_media import BIDI_REFUSED, GcsMediaSource
 from fusefs.data.http import HttpRangeSource
-from fusefs.data.location import BadLocation, location_kind, parse_grpc_url
+from fusefs.data.location import BadLocation, GrpcObject, location_kind, parse_grpc_url
 from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import trio_waker
 from fusefs.data.reader import FileReader, ReadLimits
@@ -28,6 +37,8 @@ from fusefs.data.reaper import Reaper
 from fusefs.data.receivers import Receivers
 from fusefs.data.slots import StreamSlots
 from fusefs.data.source import GuessedSource, RangeSource, Waker
+
+log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
@@ -53,7 +64,10 @@ class DataClient:
         read_limits: ReadLimits = ReadLimits(),
         stream_limits: StreamLimits = StreamLimits(),
         max_streams: int = DEFAULT_MAX_STREAMS,
+        gcs: GcsAuth | None = None,
     ):
+        self.gcs = gcs
+        self.media_buckets: set[str] = set()  # refused BidiReadObject: read with media GETs
         self.budget = MemoryBudget(memory_budget)
         self.read_limits = read_limits
         self.stream_limits = stream_limits
@@ -96,15 +110,27 @@ class DataClient:
     def channel(self, endpoint: str, tls: bool) -> grpc.Channel:
         key = (endpoint, tls)
         if key not in self._channels:
-            if tls:
+            if self._cloud_storage(endpoint, tls):
+                assert self.gcs is not None
+                self._channels[key] = self.gcs.grpc_channel(_CHANNEL_OPTIONS)
+            elif tls:
                 creds = grpc.ssl_channel_credentials()  # verified against the system roots
                 self._channels[key] = grpc.secure_channel(endpoint, creds, _CHANNEL_OPTIONS)
             else:
                 self._channels[key] = grpc.insecure_channel(endpoint, _CHANNEL_OPTIONS)
         return self._channels[key]
 
-    def open_source(self, location: str, size: int) -> RangeSource:
-        """The network source for the object at `location` (a bidi stream or HTTP ranges)."""
+    def _cloud_storage(self, endpoint: str, tls: bool) -> bool:
+        """Whether HOST:PORT is the Cloud Storage gRPC endpoint our credentials are for."""
+        return self.gcs is not None and self.gcs.owns_grpc(endpoint, tls)
+
+    def open_source(
+        self, location: str, size: int, *, crc32c: int | None = None, md5: str | None = None
+    ) -> RangeSource:
+        """The network source for the object at `location` (a bidi stream or HTTP ranges;
+        media GETs for a Cloud Storage bucket that refuses bidi reads). `crc32c` and `md5`
+        (hex): the object's hashes as pinned by a listing, checked where the transport
+        learns them."""
         if location_kind(location) == "http":
             if self._http is None or self._nursery is None:
                 raise RuntimeError("DataClient used outside `async with`")
@@ -112,6 +138,9 @@ class DataClient:
         if self._wake is None:
             raise RuntimeError("DataClient used outside `async with`")
         target = parse_grpc_url(location)
+        cloud_storage = self._cloud_storage(target.endpoint, target.tls)
+        if cloud_storage and target.bucket in self.media_buckets:
+            return self._media_source(target, size, crc32c, md5)
         return BidiStream(
             self.channel(target.endpoint, target.tls),
             target,
@@ -120,14 +149,53 @@ class DataClient:
             slots=self.slots,
             wake=self._wake,
             receivers=self.receivers,
+            cloud_storage=cloud_storage,
+            refused=BIDI_REFUSED,
+            crc32c=crc32c,
         )
 
-    def open_guess(self, location: str, size: int) -> GuessedSource:
+    def _media_source(
+        self, target: GrpcObject, size: int, crc32c: int | None, md5: str | None
+    ) -> RangeSource:
+        if self._http is None or self._nursery is None or self.gcs is None:
+            raise RuntimeError("DataClient used outside `async with`")
+        return GcsMediaSource(
+            self._http,
+            self.gcs,
+            target,
+            size,
+            self._nursery,
+            self.stream_limits,
+            crc32c=crc32c,
+            md5=md5,
+        )
+
+    def refuse_bidi(self, location: str) -> bool:
+        """The storage service refused BidiReadObject for `location`'s object: True when
+        its bucket is now read with media GETs (`open_source` gives such a source); False
+        when `location` is not on Cloud Storage, which has no other way."""
+        try:
+            target = parse_grpc_url(location)
+        except BadLocation:
+            return False
+        if not self._cloud_storage(target.endpoint, target.tls):
+            return False
+        if target.bucket not in self.media_buckets:
+            self.media_buckets.add(target.bucket)
+            log.warning(
+                "gs://%s refuses bidi reads; reading its objects with ranged media GETs",
+                target.bucket,
+            )
+        return True
+
+    def open_guess(self, location: str, size: int) -> GuessedSource | None:
         """A stream to a predicted grpc location (generation 0: whichever the store has),
-        to be confirmed against the probe before a byte of it is used."""
+        to be confirmed against the probe before a byte of it is used; None when the
+        object would not be read over a stream (a bucket read with media GETs)."""
         stream = self.open_source(location, size)
         if not isinstance(stream, BidiStream):
-            raise BadLocation(f"only a grpc location can be guessed: {location!r}")
+            stream.close()
+            return None
         return stream
 
     def reader(self, source: RangeSource, size: int, name: str, *, align: int = 1) -> FileReader:

@@ -38,3 +38,8 @@ class DeadlineError(TransientError):
 class AuthError(DataError):
     """No credentials for the storage service, or it refused them: asking again at once
     cannot help, so the data path never retries it."""
+
+
+class BidiRefusedError(DataError):
+    """The storage service does not serve BidiReadObject for this object's bucket
+    (`gcs_media.bidi_refused`): the same object is to be read with media GETs."""

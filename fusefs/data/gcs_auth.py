@@ -14,10 +14,15 @@ With STORAGE_EMULATOR_HOST set they are anonymous, as in Google's own clients.
 * refreshed before it expires (google-auth's margin), one refresh at a time, on the
   calling thread — a gRPC plugin thread or a worker thread, never the trio loop;
 * refreshed once more when the service refuses it (`reject`), and no more than
-  that: a token that was just issued and is refused again is a permission problem;
-* a failed refresh is remembered for `failure_backoff` seconds, during which every
-  caller fails at once with `AuthError`: one log line per failure, not a storm of
-  token requests;
+  that: a token that was just issued for that reason and is refused before the service
+  ever took it (`accepted`) is a permission problem, remembered like a failed refresh;
+* a failed refresh (or a refusal of a fresh token) is remembered for
+  `failure_backoff` seconds, during which every caller fails at once with
+  `AuthError`: one log line per failure, not a storm of token requests or of calls
+  the service refuses;
+* with `TokenSource.deferred`, the credentials themselves are looked for (ADC) only
+  when a first token is wanted, on that caller's thread: a process that may never
+  read Cloud Storage does not pay for the search (which can ask the metadata server);
 * never logged, and attached only to requests for the storage endpoints
   (`GcsAuth.json_headers` checks the URL's origin; gRPC call credentials exist only
   on the channel to the storage gRPC endpoint). Bearer tokens travel only over TLS,
@@ -25,8 +30,11 @@ With STORAGE_EMULATOR_HOST set they are anonymous, as in Google's own clients.
 
 Over gRPC the token is attached by a call-credentials plugin, which gRPC runs on its
 own thread. gRPC reports a plugin failure as UNAVAILABLE (which a stream would
-retry); the interceptor of `GcsAuth.grpc_channel` turns it into UNAUTHENTICATED and
-tells the token source when the service answered UNAUTHENTICATED.
+retry); the interceptor of `GcsAuth.grpc_channel` turns it into UNAUTHENTICATED
+(`CredentialsRpcError`), refreshes a due token before each call starts (on the thread
+that starts it) so that it knows which token the call sends, tells the token source
+when the service took that token (a first answer) or refused it (UNAUTHENTICATED),
+and says `CredentialsRpcError` too when a new token cannot help.
 """
 
 from __future__ import annotations
@@ -245,28 +253,39 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {line[:200]}"
 
 
+Loader = Callable[[google.auth.transport.Request], google.auth.credentials.Credentials]
+
+
 class TokenSource:
     """The access token of one set of credentials; thread-safe (see the module docstring)."""
 
     def __init__(
         self,
-        credentials: google.auth.credentials.Credentials,
+        credentials: google.auth.credentials.Credentials | Loader,
         request: google.auth.transport.Request | None = None,
         *,
         failure_backoff: float = FAILURE_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`credentials`, or a function that finds them (called once, when the first
+        token is wanted; GcsSetupError when there are none)."""
         self.anonymous = isinstance(credentials, google.auth.credentials.AnonymousCredentials)
         self.failure_backoff = failure_backoff
         self.refreshes = 0  # tokens obtained
         self.failures = 0  # refreshes that failed
-        self._credentials = credentials
+        self._credentials: google.auth.credentials.Credentials | None = None
+        self._loader: Loader | None = None
+        if isinstance(credentials, google.auth.credentials.Credentials):
+            self._credentials = credentials
+        else:
+            self._loader = credentials
         self._request = request or refresh_transport()
         self._clock = clock
         self._lock = threading.Lock()  # the state below; never held across I/O
         self._refreshing = threading.Lock()
         self._stale = False  # refused by the service: refresh before the next use
-        self._forced = False  # the token in hand replaced one the service refused
+        # the token in hand replaced one the service refused, and has not been taken yet
+        self._forced = False
         self._failure: str | None = None
         self._retry_at = 0.0
 
@@ -275,11 +294,17 @@ class TokenSource:
         """Why the last attempt to get a token failed (None: it did not)."""
         return self._failure
 
+    @classmethod
+    def deferred(cls, request: google.auth.transport.Request | None = None) -> TokenSource:
+        """Application Default Credentials, looked for when the first token is wanted."""
+        return cls(application_default, request)
+
     def _usable_locked(self) -> str | None:
-        token = self._credentials.token
-        if token and self._credentials.valid and not self._stale and self._failure is None:
-            return str(token)
-        return None
+        credentials = self._credentials
+        if credentials is None or self._stale or self._failure is not None:
+            return None
+        token = credentials.token
+        return str(token) if token and credentials.valid else None
 
     def token_now(self) -> str | None:
         """The token to send, if one is in hand and fresh; never does I/O."""
@@ -303,21 +328,20 @@ class TokenSource:
                     raise AuthError(self._failure)
                 forced = self._stale
             try:
+                if self._credentials is None:
+                    assert self._loader is not None
+                    self._credentials = self._loader(self._request)
                 self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
                 token = self._credentials.token
                 if not isinstance(token, str) or not _TOKEN.match(token):
                     raise ValueError("the token endpoint sent no usable token")
+            except GcsSetupError as e:
+                message = f"storage credentials: {e}"
+                self._fail(message, now)
+                raise AuthError(message) from None
             except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as e:
                 message = f"storage credentials: cannot get a token ({_describe(e)})"
-                with self._lock:
-                    if message != self._failure:
-                        log.warning(
-                            "%s; storage requests fail for the next %.0fs",
-                            message,
-                            self.failure_backoff,
-                        )
-                    self._failure, self._retry_at = message, now + self.failure_backoff
-                    self.failures += 1
+                self._fail(message, now)
                 raise AuthError(message) from None
             with self._lock:
                 if self._failure is not None:
@@ -326,18 +350,50 @@ class TokenSource:
                 self.refreshes += 1
             return token
 
-    def reject(self, token: str | None = None) -> bool:
-        """The storage service refused `token` (None: the token in hand). True when trying
-        again with a new token is worth it: once per token obtained the ordinary way."""
+    def _fail(self, message: str, now: float) -> None:
+        """No token for `failure_backoff` seconds (one log line per new reason)."""
+        with self._lock:
+            if message != self._failure:
+                log.warning(
+                    "%s; storage requests fail for the next %.0fs", message, self.failure_backoff
+                )
+            self._failure, self._retry_at = message, now + self.failure_backoff
+            self.failures += 1
+
+    @property
+    def epoch(self) -> int:
+        """How many tokens were obtained so far: a call that starts now sends the token of
+        this epoch (or a later one)."""
+        return self.refreshes
+
+    def accepted(self, token: str | None = None, *, since: int | None = None) -> None:
+        """The storage service took `token` (None: the token in hand), or the token of a
+        call that began at epoch `since`: a later refusal of it is worth a new token."""
+        with self._lock:
+            current = self._credentials.token if self._credentials is not None else None
+            if (token is None or token == current) and (since is None or since == self.refreshes):
+                self._forced = False
+
+    def reject(self, token: str | None = None, *, since: int | None = None) -> bool:
+        """The storage service refused `token` (None: the token in hand), or the token of a
+        call that started at epoch `since`. True when trying again with a new token is
+        worth it: once per token obtained the ordinary way. False when a freshly issued
+        token is refused too — a permission problem: then every caller fails at once for
+        `failure_backoff` seconds (the caller says so; nothing is logged here)."""
         if self.anonymous:
             return False
         with self._lock:
-            if token is not None and token != self._credentials.token:
+            current = self._credentials.token if self._credentials is not None else None
+            if token is not None and token != current:
                 return True  # already replaced
+            if since is not None and since < self.refreshes:
+                return True  # replaced since that call began
             if self._stale:
                 return True  # a refresh is due anyway
             if self._forced:
-                return False  # a freshly issued token refused too: a permission problem
+                self._failure = "storage credentials: refused by the storage service"
+                self._retry_at = self._clock() + self.failure_backoff
+                return False
             self._stale = True
             return True
 
@@ -354,12 +410,11 @@ class TokenSource:
         return await trio.to_thread.run_sync(self.authorization, abandon_on_cancel=True)
 
 
-def load_credentials(anonymous: bool = False) -> TokenSource:
+def application_default(
+    request: google.auth.transport.Request,
+) -> google.auth.credentials.Credentials:
     """Application Default Credentials with the read-only scope (blocks: ADC may read
     files and look for the metadata server). GcsSetupError when there are none."""
-    if anonymous:
-        return TokenSource(google.auth.credentials.AnonymousCredentials())  # type: ignore[no-untyped-call]
-    request = refresh_transport()
     try:
         credentials, _project = google.auth.default(scopes=[READ_ONLY_SCOPE], request=request)
     except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as e:
@@ -368,7 +423,16 @@ def load_credentials(anonymous: bool = False) -> TokenSource:
             "run `gcloud auth application-default login`, or run on Google Cloud "
             f"({_describe(e)})"
         ) from None
-    return TokenSource(credentials, request)
+    return credentials
+
+
+def load_credentials(anonymous: bool = False) -> TokenSource:
+    """The token source of Application Default Credentials, found now (blocks);
+    GcsSetupError when there are none. Anonymous: no credentials at all."""
+    if anonymous:
+        return TokenSource(google.auth.credentials.AnonymousCredentials())  # type: ignore[no-untyped-call]
+    request = refresh_transport()
+    return TokenSource(application_default(request), request)
 
 
 # -- gRPC ------------------------------------------------------------------------------
@@ -425,45 +489,70 @@ class CredentialsRpcError(grpc.RpcError):
 class _CheckedCall:
     """A streaming call whose failures say what credentials had to do with them."""
 
-    def __init__(self, call: Any, tokens: TokenSource) -> None:
+    def __init__(self, call: Any, tokens: TokenSource, epoch: int) -> None:
         self._call = call
         self._tokens = tokens
+        self._epoch = epoch  # the token source's when the call began
+        self._answered = False
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
         try:
-            return next(self._call)
+            message = next(self._call)
         except grpc.RpcError as e:
-            raise _translate(e, self._tokens) from None
+            raise _translate(e, self._tokens, self._epoch) from None
+        if not self._answered:  # the service took the call's token
+            self._answered = True
+            self._tokens.accepted(since=self._epoch)
+        return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
 
 
-def _translate(e: grpc.RpcError, tokens: TokenSource) -> grpc.RpcError:
+def _translate(e: grpc.RpcError, tokens: TokenSource, epoch: int) -> grpc.RpcError:
+    """A call's failure as the caller should see it: UNAUTHENTICATED as it came when a new
+    token is worth a try (the next call gets one), `CredentialsRpcError` when not."""
     code, details = e.code(), e.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_PLUGIN_FAILURE):
         return CredentialsRpcError(tokens.failure or f"storage credentials: {details[:200]}")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        tokens.reject()  # the next call asks for a new token (once)
+    if code == grpc.StatusCode.UNAUTHENTICATED and not tokens.reject(since=epoch):
+        return CredentialsRpcError(
+            tokens.failure or f"storage credentials refused: {details[:200]}"
+        )
     return e
 
 
 class _Interceptor(grpc.StreamStreamClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Starts each call with the token in hand refreshed if due (on the calling thread,
+    which is never the trio loop's), so that the call's epoch names the token its
+    plugin sends; failures then say what credentials had to do with them."""
+
     def __init__(self, tokens: TokenSource) -> None:
         self._tokens = tokens
+
+    def _epoch(self) -> int:
+        try:
+            self._tokens.token()
+        except AuthError:
+            pass  # the plugin fails the call the same way, without sending it
+        return self._tokens.epoch
 
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: grpc.ClientCallDetails, request_iterator: Any
     ) -> Any:
-        return _CheckedCall(continuation(client_call_details, request_iterator), self._tokens)
+        epoch = self._epoch()
+        return _CheckedCall(
+            continuation(client_call_details, request_iterator), self._tokens, epoch
+        )
 
     def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.ClientCallDetails, request: Any
     ) -> Any:
-        return _CheckedCall(continuation(client_call_details, request), self._tokens)
+        epoch = self._epoch()
+        return _CheckedCall(continuation(client_call_details, request), self._tokens, epoch)
 
 
 # -- both ------------------------------------------------------------------------------
@@ -493,9 +582,15 @@ class GcsAuth:
         json_endpoint: str | None = None,
         grpc_endpoint: str | None = None,
         environ: Mapping[str, str] | None = None,
+        *,
+        deferred: bool = False,
     ) -> GcsAuth:
-        """Endpoints from the settings and ADC (blocks); GcsSetupError when unusable."""
+        """Endpoints from the settings and ADC; GcsSetupError when unusable. ADC is looked
+        for now (blocks), or with `deferred` when a first token is wanted (see
+        `TokenSource.deferred`: no I/O here, and a missing credential is an AuthError then)."""
         endpoints = GcsEndpoints.resolve(json_endpoint, grpc_endpoint, environ)
+        if deferred and not endpoints.anonymous:
+            return cls(endpoints, TokenSource.deferred())
         return cls(endpoints, load_credentials(endpoints.anonymous))
 
     async def json_headers(self, url: str) -> dict[str, str]:

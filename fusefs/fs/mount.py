@@ -11,7 +11,7 @@ import signal
 import stat
 import subprocess
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -21,12 +21,15 @@ from fusefs.cache.listings import load_listing, save_listing
 from fusefs.cache.source import FileCache, serving
 from fusefs.cache.store import DEFAULT_CACHE_SIZE, CacheLimits, DiskCache
 from fusefs.data.client import DEFAULT_MAX_STREAMS, DEFAULT_MEMORY_BUDGET, DataClient
+from fusefs.data.gcs_auth import GcsAuth, GcsSetupError
 from fusefs.data.reader import ReadLimits
 from fusefs.fs import systemd
 from fusefs.fs.ops import ModelFS
 from fusefs.fs.status import serve_metrics
+from fusefs.hub.catalog import Catalog
 from fusefs.hub.client import HubClient, HubError, RepoNotFound, RepoSpec, Snapshot
-from fusefs.hub.resolve import Resolver
+from fusefs.hub.gcs import BucketResolver, BucketUrl, GcsCatalog
+from fusefs.hub.resolve import FileResolver, Resolver
 from fusefs.vfs.datapath import Services
 from fusefs.vfs.filesystem import Filesystem
 from fusefs.vfs.openfiles import DEFAULT_LINGER, Lifetimes
@@ -51,7 +54,7 @@ class MountError(Exception):
 @dataclass(frozen=True)
 class MountSettings:
     mountpoint: str
-    hub: str
+    hub: str  # a hub's URL, or gs://BUCKET[/PREFIX]
     repos: tuple[RepoSpec, ...] = ()
     repo_type: str = "model"  # every repo of the mount is of this kind
     region: str | None = None
@@ -66,6 +69,13 @@ class MountSettings:
     cache_limits: CacheLimits | None = None
     linger: float = DEFAULT_LINGER  # seconds a closed file keeps its data path
     max_streams: int = DEFAULT_MAX_STREAMS
+    gcs_endpoint: str | None = None  # Cloud Storage JSON API (default: Google's)
+    gcs_grpc_endpoint: str | None = None  # Cloud Storage gRPC (default: Google's)
+
+    @property
+    def bucket(self) -> BucketUrl | None:
+        """The bucket a `gs://` mount reads (None: a hub); ValueError when malformed."""
+        return BucketUrl.parse(self.hub) if self.hub.startswith("gs://") else None
 
 
 def check_mountpoint(path: str) -> str:
@@ -193,19 +203,40 @@ def run_mount(settings: MountSettings, on_ready: Callable[[], None] = lambda: No
 
 async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[], None]) -> None:
     fd_limit = raise_descriptor_limit()
-    async with (
-        HubClient(settings.hub, token=settings.token, repo_type=settings.repo_type) as hub,
-        DataClient(
-            memory_budget=settings.memory_budget,
-            read_limits=settings.read_limits,
-            max_streams=settings.max_streams,
-        ) as data,
-        _open_cache(settings) as cache,
-    ):
-        region = settings.region or await hub.detect_region()
-        tree = Tree()
+    try:
+        bucket = settings.bucket
+    except ValueError as e:
+        raise MountError(f"hub {settings.hub}: {e}") from None
+    gcs = await _storage_credentials(settings, bucket)
+    tree = Tree()
+    async with AsyncExitStack() as stack:
+        catalog: Catalog
+        resolver: FileResolver
+        if bucket is not None:
+            gcs_catalog = GcsCatalog(bucket, gcs, repo_type=settings.repo_type)
+            catalog = await stack.enter_async_context(gcs_catalog)
+            if settings.region or settings.peers:
+                log.info("a bucket mount reads every object where it is: no regions")
+            region = None
+            resolver = BucketResolver(gcs_catalog, tree.pinned_file)
+        else:
+            hub = await stack.enter_async_context(
+                HubClient(settings.hub, token=settings.token, repo_type=settings.repo_type)
+            )
+            catalog = hub
+            region = settings.region or await hub.detect_region()
+            resolver = Resolver(hub, region, settings.peers)
+        data = await stack.enter_async_context(
+            DataClient(
+                memory_budget=settings.memory_budget,
+                read_limits=settings.read_limits,
+                max_streams=settings.max_streams,
+                gcs=gcs,
+            )
+        )
+        cache = await stack.enter_async_context(_open_cache(settings))
         for spec in settings.repos:
-            snap = await _pin(hub, spec, settings.cache_dir)
+            snap = await _pin(catalog, spec, settings.cache_dir, bucket)
             tree.add_snapshot(snap)
             log.info(
                 "pinned %s@%s at %s (%d files)",
@@ -226,6 +257,8 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             "cache_dir": settings.cache_dir,
             "linger": settings.linger,
             "max_streams": settings.max_streams,
+            "gcs_endpoint": gcs.endpoints.json.base,
+            "gcs_grpc_endpoint": str(gcs.endpoints.grpc),
         }
         lifetimes = Lifetimes(
             settings.linger, keep=settings.max_streams, cached=cache_descriptors(fd_limit)
@@ -236,9 +269,7 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             lifetimes.cached,
             settings.max_streams,
         )
-        fs = Filesystem(
-            tree, hub, Services(Resolver(hub, region, settings.peers), data, cache), lifetimes
-        )
+        fs = Filesystem(tree, catalog, Services(resolver, data, cache), lifetimes)
         ops = ModelFS(fs, view)
         if settings.metrics:
             try:
@@ -274,13 +305,32 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
             log.info("unmounted %s", mountpoint)
 
 
-async def _pin(hub: HubClient, spec: RepoSpec, cache_dir: str | None) -> Snapshot:
-    """The repo's listing from the hub; with the hub down, the one the cache kept."""
+async def _storage_credentials(settings: MountSettings, bucket: BucketUrl | None) -> GcsAuth:
+    """The Cloud Storage endpoints and credentials of this mount. A bucket mount needs
+    them: they are looked for now (a missing one fails the mount); a hub mount needs them
+    only if a region of the hub lives in Cloud Storage: looked for on first use."""
     try:
-        snap = await hub.snapshot(spec.repo, spec.revision)
+        if bucket is not None:
+            return await trio.to_thread.run_sync(
+                GcsAuth.load, settings.gcs_endpoint, settings.gcs_grpc_endpoint
+            )
+        return GcsAuth.load(settings.gcs_endpoint, settings.gcs_grpc_endpoint, deferred=True)
+    except GcsSetupError as e:
+        raise MountError(str(e)) from None
+
+
+async def _pin(
+    catalog: Catalog, spec: RepoSpec, cache_dir: str | None, bucket: BucketUrl | None
+) -> Snapshot:
+    """The repo's listing from the hub (or bucket); when it cannot answer, the one the
+    cache kept."""
+    try:
+        snap = await catalog.snapshot(spec.repo, spec.revision)
     except HubError as e:
         kept = (
-            load_listing(cache_dir, spec) if cache_dir and not isinstance(e, RepoNotFound) else None
+            load_listing(cache_dir, spec, bucket)
+            if cache_dir and not isinstance(e, RepoNotFound)
+            else None
         )
         if kept is None:
             raise MountError(str(e)) from None
@@ -288,7 +338,7 @@ async def _pin(hub: HubClient, spec: RepoSpec, cache_dir: str | None) -> Snapsho
         return kept
     if cache_dir is not None:
         try:
-            save_listing(cache_dir, snap)
+            save_listing(cache_dir, snap, bucket)
         except OSError as e:
             log.warning("could not keep the listing of %s in the cache: %s", spec.repo, e)
     return snap

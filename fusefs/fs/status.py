@@ -78,6 +78,7 @@ def snapshot(fs: Filesystem, settings_view: dict[str, object]) -> dict[str, Any]
         "stream_refusals": moved.refusals,
         "retries": moved.reopens + moved.retries,
         "probes": dict(resolver.probes),
+        "media_buckets": sorted(data.media_buckets),  # refused bidi reads: media GETs
         "memory": {"in_use": budget.in_use, "limit": budget.limit, "evictions": budget.evictions},
         "errors": dict(served.errors),
         "read_sizes": dict(served.read_sizes.most_common(5)),

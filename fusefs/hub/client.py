@@ -157,8 +157,11 @@ class Snapshot:
         return is_commit(self.commit)
 
     def content_id(self, f: RepoFile) -> str:
-        """What names `f`'s content besides its digest: the pinned commit, else the
-        commit that last touched the file (a branch name would outlive the content)."""
+        """What names `f`'s content besides its digest: the object generation a bucket
+        listing pinned, else the pinned commit, else the commit that last touched the
+        file (a branch name would outlive the content)."""
+        if f.generation:
+            return f"generation {f.generation}"
         return self.commit if self.pinned else (f.revision or self.commit)
 
 

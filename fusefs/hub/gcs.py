@@ -1,11 +1,15 @@
 """A Cloud Storage bucket as a catalog of repos, through the JSON API (httpx).
 
-`gs://BUCKET[/PREFIX]` laid out as `PREFIX/<owner>/<name>/<files…>` reads like a hub:
-a repo is found by listing the prefix `PREFIX/<owner>/<name>/` (page by page), and its
-snapshot pins every object's generation, with its size, mtime and the CRC32C/MD5
-the listing gives, so a reader can check what it gets. The snapshot's id (its
-"commit") is a hash of the (object name, generation) set: it changes exactly when an
-object is added, removed or overwritten.
+`gs://BUCKET[/PREFIX]` laid out as `PREFIX/<repo key>/<files…>` reads like a hub (the
+repo key is `<owner>/<name>` for a model, `_datasets/<owner>/<name>` for a dataset: the
+object names of the store's data plane): a repo is found by listing its prefix (page
+by page), and its snapshot pins every object's generation, with its size, mtime and
+the CRC32C/MD5 the listing gives, so a reader can check what it gets. The snapshot's
+id (its "commit") is a hash of the (object name, generation) set: it changes exactly
+when an object is added, removed or overwritten.
+
+`BucketResolver` says where a file of a mounted bucket is read: its own object at the
+pinned generation (`GcsCatalog.location`), with no probe.
 
 Every answer is checked before it is used: object names as repo paths, sizes,
 generations (digits), hashes (base64 of the right length), page tokens, page sizes
@@ -22,7 +26,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -34,8 +39,9 @@ from fusefs.data.errors import AuthError
 from fusefs.data.gcs_auth import GcsAuth
 from fusefs.data.gcs_media import object_path
 from fusefs.data.location import GrpcObject
-from fusefs.hub.client import HubError, RepoId, RepoNotFound, Snapshot
+from fusefs.hub.client import REPO_TYPES, HubError, RepoId, RepoNotFound, Snapshot
 from fusefs.hub.listing import MAX_FILE_SIZE, RepoFile, bad_path, tree_files
+from fusefs.hub.resolve import Resolution, ResolveError
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +157,15 @@ class GcsCatalog:
         url: BucketUrl,
         auth: GcsAuth,
         *,
+        repo_type: str = "model",
         timeout: float = 10.0,
         page_size: int = PAGE_SIZE,
     ) -> None:
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"repo type must be one of {', '.join(REPO_TYPES)}")
         self.url = url
         self.auth = auth
+        self.repo_type = repo_type
         self.timeout = timeout
         self.page_size = page_size
         self.requests = 0  # sent to the JSON API
@@ -197,6 +207,8 @@ class GcsCatalog:
                 refreshed = True
                 continue
             if status == 200:
+                if sent:
+                    self.auth.tokens.accepted(sent)
                 try:
                     doc = json.loads(body)
                 except ValueError:
@@ -285,8 +297,12 @@ class GcsCatalog:
 
     # -- repos -------------------------------------------------------------------------
 
+    def repo(self, owner: str, name: str) -> RepoId:
+        """A repo of the kind this catalog serves."""
+        return RepoId(owner, name, self.repo_type)
+
     def repo_prefix(self, repo: RepoId) -> str:
-        return f"{self.url.prefix}{repo.owner}/{repo.name}/"
+        return f"{self.url.prefix}{repo.key}/"
 
     async def snapshot(self, repo: RepoId, revision: str = "master") -> Snapshot:
         """The repo's objects as they are now, every generation pinned."""
@@ -330,11 +346,36 @@ class GcsCatalog:
 
     def location(self, repo: RepoId, file: RepoFile) -> str:
         """The data-plane location of a pinned file: its object on the gRPC endpoint."""
+        return self.object_location(self.repo_prefix(repo) + file.path, file.generation or 0)
+
+    def object_location(self, name: str, generation: int) -> str:
+        """`grpc[s]://HOST:PORT/BUCKET/<name>?generation=G` on the storage gRPC endpoint."""
         ep = self.auth.endpoints.grpc
-        return GrpcObject(
-            endpoint=ep.target,
-            bucket=self.url.bucket,
-            object=self.repo_prefix(repo) + file.path,
-            generation=file.generation or 0,
-            tls=ep.tls,
-        ).url()
+        return GrpcObject(ep.target, self.url.bucket, name, generation, tls=ep.tls).url()
+
+
+class BucketResolver:
+    """Where a file of a mounted bucket is read: its object, at the generation its
+    repo's snapshot pinned (`pinned` finds the file the mount shows). No hub, no probe,
+    no regions: source `bucket` (marker ☁)."""
+
+    region: str | None = None
+    peers: tuple[str, ...] = ()
+
+    def __init__(
+        self, catalog: GcsCatalog, pinned: Callable[[RepoId, str, str], RepoFile | None]
+    ) -> None:
+        self.catalog = catalog
+        self.probes: Counter[str] = Counter()  # none are made
+        self._pinned = pinned
+
+    async def resolve(
+        self, repo: RepoId, commit: str, path: str, *, exclude: frozenset[str] = frozenset()
+    ) -> Resolution:
+        f = self._pinned(repo, commit, path)
+        if f is None or not f.generation:
+            raise ResolveError(f"{repo}/{path}: not pinned at {commit[:12]} in {self.catalog.url}")
+        return Resolution("bucket", "", self.catalog.location(repo, f))
+
+    def predict(self, repo: RepoId, commit: str, path: str) -> Resolution | None:
+        return None  # resolving costs nothing: there is no probe to overlap

@@ -38,13 +38,15 @@ from fusefs.hub.client import Answer, HubError, RepoId
 
 log = logging.getLogger(__name__)
 
-MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●", "empty": " "}
+MARKERS = {"local": "⚡", "peer": "⇄", "cdn": " ", "cache": "●", "empty": " ", "bucket": "☁"}
 _CDN = ""  # the winner value meaning "no region had it internally"
 
 
 @dataclass(frozen=True)
 class Resolution:
-    source: str  # local | peer | cdn | cache (whole and verified on local disk) | empty
+    # local | peer | cdn | cache (whole and verified on local disk) | empty | bucket (the
+    # object itself, in the Cloud Storage bucket a mount reads)
+    source: str
     region: str  # the region whose endpoint serves it ("" for the public path)
     location: str
 
@@ -112,6 +114,21 @@ class Prober(Protocol):
     async def ask_location(
         self, repo: RepoId, commit: str, path: str, region: str | None
     ) -> Answer: ...
+
+
+class FileResolver(Protocol):
+    """Where a file's data path reads it from (`Resolver` for a hub, probing regions;
+    `fusefs.hub.gcs.BucketResolver` for a bucket, whose objects are where they are)."""
+
+    region: str | None
+    peers: tuple[str, ...]
+    probes: Counter[str]
+
+    async def resolve(
+        self, repo: RepoId, commit: str, path: str, *, exclude: frozenset[str] = frozenset()
+    ) -> Resolution: ...
+
+    def predict(self, repo: RepoId, commit: str, path: str) -> Resolution | None: ...
 
 
 class Resolver:

@@ -376,6 +376,11 @@ class BidiReadService:
             raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
 
     def _injected_open_faults(self) -> None:
+        if refused := self._fault("bidi_refused"):
+            code = grpc.StatusCode.UNIMPLEMENTED
+            if refused.params.get("code") == "FAILED_PRECONDITION":
+                code = grpc.StatusCode.FAILED_PRECONDITION
+            raise _Abort(code, "injected: bidi reads are not served for this bucket")
         if self._fault("unavailable"):
             raise _Abort(grpc.StatusCode.UNAVAILABLE, "injected: unavailable")
         if redirect := self._fault("redirect"):

@@ -7,7 +7,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = {"break", "delay", "unavailable", "redirect", "corrupt", "hub_error", "cdn_forbidden"}
+KINDS = {
+    "break",
+    "delay",
+    "unavailable",
+    "redirect",
+    "corrupt",
+    "hub_error",
+    "cdn_forbidden",
+    # BidiReadObject answered UNIMPLEMENTED (or `code`: FAILED_PRECONDITION), as by a
+    # storage service that does not serve bidi reads for a bucket
+    "bidi_refused",
+}
 
 
 @dataclass

@@ -118,6 +118,8 @@ class GrpcLoop:
         self._stopping = asyncio.Event()
         limits = self.plane.limits
         for region in self.regions:
+            if region.grpc is None:
+                continue  # it lives in a bucket: clients read it there
             # The handler refuses past max_streams (all regions, counted); grpc's own cap
             # is a backstop against a flood of calls each of which would cost a task.
             server = grpc.aio.server(

@@ -43,6 +43,7 @@ from fusefs.server.topology import Region
 
 if TYPE_CHECKING:
     from fusefs.server.bearer import TokenChecker
+    from fusefs.server.buckets import BucketRegions
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class StoreContext:
     # set by the command: the gRPC side's gauges (open streams, queued bytes)
     grpc_gauges: Callable[[], dict[str, int]] = field(default=dict)
     bearer: TokenChecker | None = None  # --require-token: checked on the GCS routes
+    buckets: BucketRegions | None = None  # the regions that live in Cloud Storage buckets
 
     @property
     def listing_limit(self) -> int:

@@ -29,7 +29,10 @@ What the store can say honestly, having no git history:
 
 Where bytes are (the answer to `repo`, a 302):
 * with the region header of a region that holds the repo, from a client that sends
-  `x-modelfs-accept: grpc`: that region's BidiReadObject endpoint (`grpc://…`);
+  `x-modelfs-accept: grpc`: that region's BidiReadObject endpoint (`grpc://…`); for a
+  region in a Cloud Storage bucket, the file's object there when the bucket has this
+  very file (`buckets.py`: `grpcs://storage.googleapis.com:443/BUCKET/…?generation=G`),
+  else the public CDN route, and 503 while the bucket cannot say;
 * with such a region header but without that header (the ModelScope SDK): the CDN
   route as that region's internal path (`/cdn/…?region=R`), counted as R's;
 * otherwise: the public CDN route.
@@ -46,8 +49,10 @@ import trio
 
 from fusefs.data.location import GrpcObject
 from fusefs.hub.client import ACCEPT_HEADER, REGION_HEADER, RepoId
+from fusefs.server.buckets import Unavailable
 from fusefs.server.http import Reply, Request, StoreContext
 from fusefs.server.store import RepoState
+from fusefs.server.topology import Region
 
 LFS_THRESHOLD = 1 << 20
 _KINDS = {"models": "model", "datasets": "dataset"}
@@ -261,6 +266,8 @@ class HubApi:
         if region is None or not region.holds(str(repo)):
             return Reply(302, b"", {"location": self._cdn(repo, state, path)})
         accepts = {t.strip() for t in req.headers.get(ACCEPT_HEADER, "").lower().split(",")}
+        if "grpc" in accepts and region.bucket is not None:
+            return await self._in_bucket(region, repo, state, path)
         if "grpc" in accepts:
             grpc = GrpcObject(
                 ctx.grpc_addrs[region.name], region.name, f"{repo.key}/{path}", f.generation
@@ -268,6 +275,16 @@ class HubApi:
             return Reply(302, b"", {"location": grpc.url()})
         location = self._cdn(repo, state, path) + f"?region={quote(region.name, safe='')}"
         return Reply(302, b"", {"location": location})
+
+    async def _in_bucket(self, region: Region, repo: RepoId, state: RepoState, path: str) -> Reply:
+        """Where a region that lives in a bucket has the file: its object, or the CDN."""
+        buckets = self.ctx.buckets
+        assert buckets is not None  # made for every topology with a bucket region
+        try:
+            where = await buckets.locate(region, repo, path, state.files[path], state.sums[path])
+        except Unavailable as e:
+            return fail(503, f"region {region.name}: {e}")
+        return Reply(302, b"", {"location": where or self._cdn(repo, state, path)})
 
     def _cdn(self, repo: RepoId, state: RepoState, path: str) -> str:
         return f"{self.ctx.base}/cdn/{_quoted(repo.key)}/{state.commit}/{_quoted(path)}"

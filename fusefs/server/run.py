@@ -8,6 +8,7 @@ first, then the gRPC side (running streams get a short grace, then are cancelled
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,7 +18,9 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
+from fusefs.data.gcs_auth import GcsSetupError
 from fusefs.server.bearer import TokenChecker, TokenSpecError
+from fusefs.server.buckets import BucketRegions
 from fusefs.server.faults import FaultPlan
 from fusefs.server.grpc_loop import GrpcLoop
 from fusefs.server.http import StoreApp, StoreContext
@@ -57,6 +60,10 @@ def run_store(settings: ServeSettings) -> None:
         bearer = TokenChecker(settings.require_token) if settings.require_token else None
     except TokenSpecError as e:
         raise ServeError(str(e)) from None
+    try:
+        buckets = BucketRegions(settings.regions, settings.limits)
+    except GcsSetupError as e:
+        raise ServeError(str(e)) from None
     store = Store(settings.root, settings.datasets, settings.limits)
     stats = Stats()
     plan = FaultPlan() if settings.faults else None
@@ -82,6 +89,7 @@ def run_store(settings: ServeSettings) -> None:
             "queued_bytes_peak": grpc.plane.budget.peak,
         }
         ctx.bearer = bearer
+        ctx.buckets = buckets if buckets else None
         try:
             trio.run(_serve_http, ctx, http_addr, admin_addr, settings.topology)
         except* OSError as failed:  # a listener that cannot bind; requests never get here
@@ -110,7 +118,7 @@ async def _serve_http(
     topology: bool,
 ) -> None:
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
+    async with ctx.buckets or contextlib.nullcontext(), trio.open_nursery() as nursery:
         nursery.start_soon(_wait_for_signal, stop)
 
         async def listen(app: StoreApp, host: str, port: int) -> str:
@@ -128,6 +136,11 @@ async def _serve_http(
             lines.append(f"admin: {await listen(StoreApp(ctx, admin=True), *admin)}")
         if topology:
             lines += [f"grpc {name}: {addr}" for name, addr in ctx.grpc_addrs.items()]
+            lines += [
+                f"gcs {r.name}: {r.bucket.url}"
+                for r in ctx.regions.values()
+                if r.bucket is not None
+            ]
         else:
             lines += [f"grpc: {addr}" for addr in ctx.grpc_addrs.values()]
         print("\n".join(lines), flush=True)

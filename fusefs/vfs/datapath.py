@@ -12,7 +12,10 @@ When a read fails in a way its source could not recover from, the data path
 decides what comes next: a file whose URL expired or moved is resolved again (at
 most once a minute: a second "gone" right after is an error), a dead internal endpoint
 gives way to the next candidate region (skipped for a minute, not for good), a sealed
-file that lost a block is fetched from the network. A deadline is never retried
+file that lost a block is fetched from the network, and an object whose Cloud Storage
+bucket refuses bidi reads is read again from the same place with media GETs (the data
+client reads that bucket so from then on). A credential the storage service refuses
+(`AuthError`) is never retried here. A deadline is never retried
 here: the reader has already waited as long as a read may. All of this belongs to
 the data path, so it ends with it: the next open starts afresh.
 """
@@ -27,15 +30,22 @@ from functools import partial
 
 import trio
 
+from fusefs.cache.digest import Digest
 from fusefs.cache.entry import EntryError
 from fusefs.cache.source import CachedSource, FileCache
 from fusefs.data.client import DataClient
-from fusefs.data.errors import DataError, DeadlineError, GoneError, TransientError
+from fusefs.data.errors import (
+    BidiRefusedError,
+    DataError,
+    DeadlineError,
+    GoneError,
+    TransientError,
+)
 from fusefs.data.location import BadLocation, parse_grpc_url
 from fusefs.data.reader import FileReader
 from fusefs.data.source import NO_SOURCE, RangeSource, SourceCounters
 from fusefs.hub.client import HubError
-from fusefs.hub.resolve import Resolution, Resolver
+from fusefs.hub.resolve import FileResolver, Resolution
 from fusefs.vfs.tree import FileNode
 
 log = logging.getLogger(__name__)
@@ -51,7 +61,7 @@ FAILED_REGION_TTL = 60.0  # a region whose endpoint failed is skipped for this l
 class Services:
     """The mount-wide services every file's data path draws on."""
 
-    resolver: Resolver
+    resolver: FileResolver
     data: DataClient
     cache: FileCache | None = None
 
@@ -89,12 +99,12 @@ class DataPath:
         else:
             f, snap = file.file, file.snapshot
             guess = services.resolver.predict(snap.repo, snap.commit, f.path)
-            if guess is not None:
-                resolution, reader = await _open_on_guess(file, services, guess)
+            opened = await _open_on_guess(file, services, guess) if guess is not None else None
+            if opened is not None:
+                resolution, reader = opened
             else:
                 resolution = await services.resolver.resolve(snap.repo, snap.commit, f.path)
-                network = services.data.open_source(resolution.location, f.size)
-                reader = await _reader(file, services, network)
+                reader = await _reader(file, services, _network(file, services, resolution))
         return cls(file, services, resolution, reader)
 
     @property
@@ -149,11 +159,15 @@ class DataPath:
             if self.reader is not failed:
                 return True  # another reader already switched
             res, now = self.resolution, trio.current_time()
+            if isinstance(error, BidiRefusedError) and self._services.data.refuse_bidi(
+                res.location
+            ):
+                return await self._reopen(failed)  # the same object, with media GETs
             if isinstance(error, GoneError) and res.source == "cache":
                 pass  # a sealed file lost a block: fetch from the network from now on
             elif isinstance(error, GoneError) and now - self._reresolved_at > RERESOLVE_INTERVAL:
                 self._reresolved_at = now
-            elif isinstance(error, TransientError) and res.source not in ("cdn", "empty"):
+            elif isinstance(error, TransientError) and res.source not in ("cdn", "empty", "bucket"):
                 self._failed_regions[res.region] = now + FAILED_REGION_TTL
             else:
                 return False
@@ -163,18 +177,34 @@ class DataPath:
                 new = await self._services.resolver.resolve(
                     self.file.snapshot.repo, self.file.snapshot.commit, f.path, exclude=skip
                 )
-                network = self._services.data.open_source(new.location, f.size)
-                reader = await _reader(self.file, self._services, network)
+                reader = await _reader(
+                    self.file, self._services, _network(self.file, self._services, new)
+                )
             except SETUP_ERRORS as e:
                 log.warning("%s: no other source after %s: %s", failed.name, error, e)
                 return False
             log.warning(
                 "%s: %s failed (%s); now %s", failed.name, describe(res), error, describe(new)
             )
-            failed.close()
-            self.retired.add(failed.source.counters)
-            self.resolution, self.reader = new, reader
+            self._replace(failed, new, reader)
             return True
+
+    async def _reopen(self, failed: FileReader) -> bool:
+        """A new reader from the same resolution (the data client now reads it another way)."""
+        try:
+            reader = await _reader(
+                self.file, self._services, _network(self.file, self._services, self.resolution)
+            )
+        except SETUP_ERRORS as e:
+            log.warning("%s: cannot reopen: %s", failed.name, e)
+            return False
+        self._replace(failed, self.resolution, reader)
+        return True
+
+    def _replace(self, failed: FileReader, res: Resolution, reader: FileReader) -> None:
+        failed.close()
+        self.retired.add(failed.source.counters)
+        self.resolution, self.reader = res, reader
 
 
 def describe(res: Resolution) -> str:
@@ -182,15 +212,21 @@ def describe(res: Resolution) -> str:
     return f"{marker}via {res.source}" + (f" {res.region}" if res.region else "")
 
 
+def _network(file: FileNode, services: Services, res: Resolution) -> RangeSource:
+    """The network source of `file` at `res`, checking what the listing pinned."""
+    f = file.file
+    return services.data.open_source(res.location, f.size, crc32c=f.crc32c, md5=f.md5)
+
+
 def _cache_key(file: FileNode, cache: FileCache) -> str:
-    snap = file.snapshot
-    return cache.key(file.file.sha256, snap.repo.key, snap.content_id(file.file), file.file.path)
+    snap, f = file.snapshot, file.file
+    return cache.key(Digest.of(f), f.size, snap.repo.key, snap.content_id(f), f.path)
 
 
 async def _sealed_reader(file: FileNode, services: Services) -> FileReader | None:
     """A reader from the disk cache alone, when the file is sealed there."""
     cache, f = services.cache, file.file
-    if cache is None or not cache.sealed(_cache_key(file, cache), f.size, f.sha256):
+    if cache is None or not cache.sealed(_cache_key(file, cache), f.size, Digest.of(f)):
         return None
     try:
         return await _reader(file, services, None)
@@ -201,12 +237,16 @@ async def _sealed_reader(file: FileNode, services: Services) -> FileReader | Non
 
 async def _open_on_guess(
     file: FileNode, services: Services, guess: Resolution
-) -> tuple[Resolution, FileReader]:
+) -> tuple[Resolution, FileReader] | None:
     """Open: the file's probe, and meanwhile its stream to the predicted location with
     its head asked for. The stream is kept only when the probe names that very object,
     and the store reads it at the generation the probe gave; no byte of it is served
-    (or cached) before, since the open returns only then."""
+    (or cached) before, since the open returns only then. None when the predicted
+    object would not be read over a stream (nothing was started)."""
     f, snap = file.file, file.snapshot
+    network = services.data.open_guess(guess.location, f.size)
+    if network is None:
+        return None
     probed: list[Resolution | Exception] = []
 
     async def probe() -> None:
@@ -217,7 +257,6 @@ async def _open_on_guess(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(probe)
-        network = services.data.open_guess(guess.location, f.size)
         reader = await _reader(file, services, network, trusted=False)
         reader.prefetch(0, HEAD)
     (outcome,) = probed
@@ -232,8 +271,7 @@ async def _open_on_guess(
         return outcome, reader
     log.info("%s: not where its repo's other files are; reopening", file.path)
     reader.close()
-    probed_source = services.data.open_source(outcome.location, f.size)
-    return outcome, await _reader(file, services, probed_source)
+    return outcome, await _reader(file, services, _network(file, services, outcome))
 
 
 def _same_object(location: str, guessed: str) -> bool:
@@ -265,7 +303,7 @@ async def _reader(
     try:
         # Opening an entry may have to make room (evict), which walks the directory.
         source = await trio.to_thread.run_sync(
-            partial(cache.source, key, f.size, f.sha256, network, trusted=trusted)
+            partial(cache.source, key, f.size, Digest.of(f), network, trusted=trusted)
         )
     except (OSError, EntryError) as e:
         if network is None:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import trio
 from prometheus_client import CollectorRegistry, Histogram
 
-from fusefs.data.errors import DataError
+from fusefs.data.errors import AuthError, DataError
 from fusefs.data.source import SourceCounters
-from fusefs.hub.client import HubClient, HubError, RepoId, RepoNotFound, valid_repo_part
+from fusefs.hub.catalog import Catalog
+from fusefs.hub.client import HubError, RepoId, RepoNotFound, valid_repo_part
 from fusefs.hub.resolve import Resolution
 from fusefs.vfs.datapath import SETUP_ERRORS, DataPath, Services
 from fusefs.vfs.errors import FsError, io_error, not_found
@@ -37,6 +38,8 @@ MAX_UNKNOWN_REPOS = 4096  # remembered at once
 # them); names are the caller's, so at most this many at once.
 MAX_EMPTY_OWNERS = 4096
 SOURCE_XATTRS = (b"user.modelfs.source", b"user.modelfs.region", b"user.modelfs.endpoint")
+# A refused credential fails every read alike: said once in this long, not per read.
+AUTH_LOG_INTERVAL = 60.0
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -70,7 +73,7 @@ class ReadCounters:
 
 class Filesystem:
     def __init__(
-        self, tree: Tree, hub: HubClient, services: Services, lifetimes: Lifetimes = Lifetimes()
+        self, tree: Tree, hub: Catalog, services: Services, lifetimes: Lifetimes = Lifetimes()
     ) -> None:
         self.tree = tree
         self.hub = hub
@@ -88,6 +91,7 @@ class Filesystem:
         self._discovering: dict[RepoId, trio.Event] = {}
         self._owner_lookups: Counter[int] = Counter()  # kernel references to owner dirs
         self._unknown: dict[RepoId, float] = {}
+        self._auth_logged = -AUTH_LOG_INTERVAL  # when a refused credential was last logged
 
     # -- names -----------------------------------------------------------------
 
@@ -233,6 +237,19 @@ class Filesystem:
         with self.timings.read.time():
             try:
                 data = await path.read(offset, size)
+            except AuthError as e:
+                # The storage service wants other credentials: EACCES, as for a file we
+                # may not read; every read fails alike until that changes, so one line.
+                self.counters.errors[type(e).__name__] += 1
+                if time.monotonic() - self._auth_logged >= AUTH_LOG_INTERVAL:
+                    self._auth_logged = time.monotonic()
+                    log.warning(
+                        "read %s: %s (reads fail with EACCES; said again in %.0fs at most)",
+                        path.file.path,
+                        e,
+                        AUTH_LOG_INTERVAL,
+                    )
+                raise FsError(errno.EACCES) from None
             except DataError as e:
                 self.counters.errors[type(e).__name__] += 1
                 log.warning("read %s [%d, +%d): %s", path.file.path, offset, size, e)

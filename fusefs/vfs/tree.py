@@ -120,6 +120,19 @@ class Tree:
         found = owner.children.get(repo.name.encode())
         return found if isinstance(found, DirNode) else None
 
+    def pinned_file(self, repo: RepoId, commit: str, path: str) -> RepoFile | None:
+        """The file `path` of `repo` as the mount shows it, if pinned at `commit`."""
+        node: Node | None = self.repo_dir(repo)
+        if not isinstance(node, DirNode) or node.snapshot is None:
+            return None
+        if node.snapshot.commit != commit:
+            return None
+        for part in path.split("/"):
+            if not isinstance(node, DirNode):
+                return None
+            node = node.children.get(part.encode())
+        return node.file if isinstance(node, FileNode) else None
+
     def add_snapshot(self, snap: Snapshot) -> DirNode:
         """Add a pinned repo; a repo already present is kept as it was."""
         if existing := self.repo_dir(snap.repo):

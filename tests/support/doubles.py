@@ -256,7 +256,7 @@ class FakeData(DataClient):
         self.fail_next: dict[str, list[DataError]] = {}  # location prefix -> failures
         self.impostors: set[str] = set()
 
-    def open_source(self, location, size):
+    def open_source(self, location, size, **pins):
         path = next(p for p in self.files if location.split("?")[0].endswith("/" + p))
         data, generation = self.files[path], 1
         if any(location.startswith(prefix) for prefix in self.impostors):
