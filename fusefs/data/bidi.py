@@ -96,6 +96,15 @@ class StreamLimits:
     busy_backoff_initial: float = 0.1
     busy_backoff_max: float = 2.0  # before a random factor of 0.5-1.5: refused clients spread
 
+    def gives_up(self, failures: int, since_first: float) -> bool:
+        """After `failures` consecutive breaks without progress, the first `since_first`
+        seconds ago: whether to fail the pending reads rather than try again."""
+        return failures > self.max_attempts or since_first > self.retry_window
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait before the next try, after `failures` consecutive breaks."""
+        return min(self.backoff_initial * 2.0 ** min(failures - 1, 16), self.backoff_max)
+
 
 class _Call(Protocol):
     """A started BidiReadObject call: the responses (as received bytes) and cancel."""
@@ -495,10 +504,7 @@ class BidiStream:
             if self._failures == 0:
                 self._first_failure = now
             self._failures += 1
-            if (
-                self._failures > self.limits.max_attempts
-                or now - self._first_failure > self.limits.retry_window
-            ):
+            if self.limits.gives_up(self._failures, now - self._first_failure):
                 log.warning(
                     "%s: giving up after %d attempts: %s", self.target.object, self._failures, error
                 )
@@ -513,10 +519,7 @@ class BidiStream:
                     self._read_handle = outcome.redirect.read_handle.handle
                 delay = 0.0
             else:
-                delay = min(
-                    self.limits.backoff_initial * 2.0 ** (self._failures - 1),
-                    self.limits.backoff_max,
-                )
+                delay = self.limits.backoff(self._failures)
             log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
             return delay
 

@@ -22,13 +22,14 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 import grpc
-import httpx
 import trio
 
 from fusefs.data.bidi import BidiStream, StreamLimits
 from fusefs.data.gcs_auth import GcsAuth
 from fusefs.data.gcs_media import BIDI_REFUSED, GcsMediaSource
 from fusefs.data.http import HttpRangeSource
+from fusefs.data.http_conn import ConnectionPool
+from fusefs.data.http_workers import RangeWorkers
 from fusefs.data.location import BadLocation, GrpcObject, location_kind, parse_grpc_url
 from fusefs.data.memory_budget import MemoryBudget
 from fusefs.data.ranges import trio_waker
@@ -46,6 +47,10 @@ DEFAULT_MEMORY_BUDGET = 256 * MiB  # holds several 64 MiB prefetch windows
 # wait for a stream; a quarter of what one store served at once (256), so that several
 # mounts share a store without a refusal.
 DEFAULT_MAX_STREAMS = 64
+# Ranged HTTP GETs in flight, all files together: enough for the whole memory budget in
+# 8 MiB ranges, so a sequential reader's prefetch window and random reads from several
+# threads all run at once; each is a worker thread and a warm connection.
+DEFAULT_HTTP_WORKERS = 32
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 32 * MiB),
@@ -64,6 +69,7 @@ class DataClient:
         read_limits: ReadLimits = ReadLimits(),
         stream_limits: StreamLimits = StreamLimits(),
         max_streams: int = DEFAULT_MAX_STREAMS,
+        http_workers: int = DEFAULT_HTTP_WORKERS,
         gcs: GcsAuth | None = None,
     ):
         self.gcs = gcs
@@ -78,19 +84,12 @@ class DataClient:
         self._wake: Waker | None = None
         self._channels: dict[tuple[str, bool], grpc.Channel] = {}
         self._readers: weakref.WeakSet[FileReader] = weakref.WeakSet()
+        self.http_workers = RangeWorkers(http_workers)
+        self.http_pool = ConnectionPool()
         self._stack = AsyncExitStack()
-        self._http: httpx.AsyncClient | None = None
         self._nursery: trio.Nursery | None = None
 
     async def __aenter__(self) -> DataClient:
-        self._http = await self._stack.enter_async_context(
-            httpx.AsyncClient(
-                http2=True,
-                follow_redirects=False,
-                timeout=httpx.Timeout(30.0, connect=5.0),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            )
-        )
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._stack.callback(self.close)
         self._wake = trio_waker()
@@ -132,9 +131,12 @@ class DataClient:
         (hex): the object's hashes as pinned by a listing, checked where the transport
         learns them."""
         if location_kind(location) == "http":
-            if self._http is None or self._nursery is None:
-                raise RuntimeError("DataClient used outside `async with`")
-            return HttpRangeSource(self._http, location, size, self._nursery, self.stream_limits)
+            try:
+                return HttpRangeSource(
+                    location, size, self.http_workers, self.http_pool, self.stream_limits
+                )
+            except ValueError as e:
+                raise BadLocation(str(e)) from None
         if self._wake is None:
             raise RuntimeError("DataClient used outside `async with`")
         target = parse_grpc_url(location)
@@ -157,14 +159,14 @@ class DataClient:
     def _media_source(
         self, target: GrpcObject, size: int, crc32c: int | None, md5: str | None
     ) -> RangeSource:
-        if self._http is None or self._nursery is None or self.gcs is None:
-            raise RuntimeError("DataClient used outside `async with`")
+        if self.gcs is None:
+            raise RuntimeError("media GETs need Cloud Storage credentials")
         return GcsMediaSource(
-            self._http,
             self.gcs,
             target,
             size,
-            self._nursery,
+            self.http_workers,
+            self.http_pool,
             self.stream_limits,
             crc32c=crc32c,
             md5=md5,
@@ -216,3 +218,5 @@ class DataClient:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+        self.http_workers.close()
+        self.http_pool.close()

@@ -596,10 +596,21 @@ class GcsAuth:
     async def json_headers(self, url: str) -> dict[str, str]:
         """Authorization for a request to `url`: none unless `url` is on the JSON endpoint.
         AuthError when a token is due and cannot be had."""
-        if not self.endpoints.json.owns(url):
-            log.debug("no credentials for %s: not the storage endpoint", urlsplit(url).netloc)
+        if not self._json_origin(url):
             return {}
         return await self.tokens.authorization_async()
+
+    def json_headers_blocking(self, url: str) -> dict[str, str]:
+        """`json_headers` for a worker thread: blocks while a token is fetched."""
+        if not self._json_origin(url):
+            return {}
+        return self.tokens.authorization()
+
+    def _json_origin(self, url: str) -> bool:
+        if self.endpoints.json.owns(url):
+            return True
+        log.debug("no credentials for %s: not the storage endpoint", urlsplit(url).netloc)
+        return False
 
     def owns_grpc(self, endpoint: str, tls: bool) -> bool:
         """Whether a data-plane location's HOST:PORT (and TLS) is the storage gRPC endpoint."""

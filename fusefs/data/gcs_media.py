@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import logging
 from urllib.parse import quote
 
 import crc32c
 import grpc
-import httpx
-import trio
 
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.errors import AuthError, ChecksumError, DataError, GoneError, TransientError
 from fusefs.data.gcs_auth import GcsAuth, JsonEndpoint
-from fusefs.data.http import HttpRangeSource
+from fusefs.data.http import HttpRangeSource, RangeFetch, ResponseHead
+from fusefs.data.http_conn import ConnectionPool
+from fusefs.data.http_workers import RangeWorkers
 from fusefs.data.location import GrpcObject
-from fusefs.data.ranges import RangeRead
 
 log = logging.getLogger(__name__)
 
@@ -85,41 +85,40 @@ class GcsMediaSource(HttpRangeSource):
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
         auth: GcsAuth,
         target: GrpcObject,
         size: int,
-        nursery: trio.Nursery,
+        workers: RangeWorkers,
+        pool: ConnectionPool,
         limits: StreamLimits = StreamLimits(),
         *,
         crc32c: int | None = None,
         md5: str | None = None,  # hex
     ):
         url = media_url(auth.endpoints.json, target.bucket, target.object, target.generation)
-        super().__init__(http, url, size, nursery, limits)
+        super().__init__(url, size, workers, pool, limits)
         self.target = target
         self._auth = auth
         self._crc32c = crc32c
         self._md5 = bytes.fromhex(md5) if md5 else None
 
-    async def _request_headers(self) -> dict[str, str]:
-        headers = await self._auth.json_headers(self.url)
-        # Stored bytes, never transcoded: the listing's size and hashes are of those.
-        headers["accept-encoding"] = "identity"
-        return headers
+    def _request_headers(self) -> dict[str, str]:
+        return self._auth.json_headers_blocking(self.url)
 
-    def _check_response(self, response: httpx.Response, first: int, last: int) -> None:
-        name, status = self.target.object, response.status_code
+    def _check_response(self, head: ResponseHead, first: int, last: int) -> None:
+        name, status = self.target.object, head.status
+        sent = head.sent.get("authorization", "").removeprefix("Bearer ")
         if status == 401:
-            sent = response.request.headers.get("authorization", "")
-            if sent and self._auth.tokens.reject(sent.removeprefix("Bearer ")):
+            if sent and self._auth.tokens.reject(sent):
                 raise TransientError(f"{name}: token refused (HTTP 401); asking for a new one")
             raise AuthError(f"{name}: the storage service refused the credentials (HTTP 401)")
         if status == 403:
             raise AuthError(f"{name}: permission denied (HTTP 403)")
         if status not in (200, 206):
             return  # the generic checks decide
-        headers = response.headers
+        if sent:
+            self._auth.tokens.accepted(sent)  # a later 401 of it is worth a new token
+        headers = head.headers
         generation = headers.get("x-goog-generation", "")
         if not generation.isdigit():
             raise DataError(f"{name}: media answer without x-goog-generation")
@@ -132,7 +131,7 @@ class GcsMediaSource(HttpRangeSource):
         if stored != "identity" or coding != "identity":
             raise DataError(f"{name}: stored with content encoding {stored!r}: not supported")
         try:
-            hashes = parse_hashes(headers.get_list("x-goog-hash"))
+            hashes = parse_hashes(headers.get_all("x-goog-hash") or [])
         except ValueError as e:
             raise DataError(f"{name}: {e}") from None
         pinned = {"crc32c": _crc_bytes(self._crc32c), "md5": self._md5}
@@ -143,23 +142,25 @@ class GcsMediaSource(HttpRangeSource):
         if self._crc32c is None and "crc32c" in hashes:
             self._crc32c = int.from_bytes(hashes["crc32c"], "big")
 
-    async def _consume(self, response: httpx.Response, rr: RangeRead, first: int) -> None:
+    def _consume(self, job: RangeFetch, response: http.client.HTTPResponse, first: int) -> None:
+        rr = job.rr
         whole = first == 0 and rr.end == self.size
         if not whole or self._crc32c is None or self.size > WHOLE_CHECK_MAX:
-            await super()._consume(response, rr, first)
+            super()._consume(job, response, first)
             return
-        body = bytearray()
-        async for data in response.aiter_bytes():
-            self.counters.bytes += len(data)
-            body += data
-            if len(body) > self.size:
-                raise TransientError(f"{self.target.object}: more bytes than the object has")
-        if len(body) < self.size:
-            raise TransientError(f"{self.target.object}: body ended at {len(body)}")
+        body = bytearray(self.size)
+        view = memoryview(body)
+        pos = 0
+        while pos < self.size:
+            got = response.readinto(view[pos:])
+            if not got:
+                raise TransientError(f"{self.target.object}: body ended at {pos}")
+            self.counters.bytes += got
+            pos += got
         if crc32c.crc32c(body) != self._crc32c:
             self.counters.bad_chunks += 1
             raise ChecksumError(f"{self.target.object}: CRC32C of the whole object differs")
-        rr.feed(0, bytes(body))
+        rr.feed(0, view)
 
 
 def _crc_bytes(value: int | None) -> bytes | None:

@@ -1,47 +1,128 @@
 """Ranged HTTP GETs: the data path for CDN and OSS locations.
 
-Each range is one `Range:` GET on a pooled httpx client (HTTP/2 where the
-server offers it over TLS). The answer must be `206` with exactly the
-`Content-Range` asked for; the body is fed to the range as it streams in. A
-broken transfer resumes from the first missing byte, with the same bounded
-retries as the bidi stream; `403`/`404` mean the URL expired or the file is
-gone, which the caller answers by resolving the file again.
+Each range is one `Range:` GET on a warm HTTP/1.1 connection (`http_conn`), run by
+the data client's range workers (`http_workers`), so a file has as many ranges in
+flight as its reader asks for (demand reads and the prefetch window, under the same
+memory budget as a stream) and random reads from several threads overlap. The body
+is read into one buffer per range, in growing steps, and each step is handed to the
+range as a view of that buffer: what FUSE replies with is the very memory the socket
+wrote, never copied in Python.
+
+The answer must be `206` with exactly the `Content-Range` asked for (or `200` with
+the whole object when the whole object was asked for), a matching `Content-Length`
+and no content coding. A broken transfer resumes from the first missing byte, with
+the bounded retries of `StreamLimits` (a try that brought bytes resets the count);
+`403`/`404`/`410` mean the URL expired or the file is gone, which the caller answers
+by resolving the file again.
+
+HTTP/2 is not spoken here: on the same loopback transfers, several HTTP/1.1
+connections read with `readinto` moved bytes several times faster than one
+multiplexed HTTP/2 connection through a Python HTTP/2 stack, whose frames are
+parsed and copied in Python.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
-
-import httpx
-import trio
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from email.message import Message
 
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.errors import DataError, GoneError, ProtocolError, TransientError
+from fusefs.data.http_conn import ConnectionPool, Origin
+from fusefs.data.http_workers import RangeWorkers
 from fusefs.data.ranges import RangeRead
 from fusefs.data.source import SourceCounters
 
 log = logging.getLogger(__name__)
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.ASCII)
+FIRST_STEP = 64 << 10  # the first bytes of a range reach a waiting reader early
+MAX_STEP = 1 << 20  # later steps: few wake-ups per range, a reader never far behind
+
+
+@dataclass
+class ResponseHead:
+    """What a source's checks see of an answer: its status and headers, and the
+    headers the request carried."""
+
+    status: int
+    headers: Message
+    sent: dict[str, str]
+
+
+class _Cancelled(Exception):
+    """The range was abandoned or its source closed while being fetched."""
+
+
+class RangeFetch:
+    """One range of one source: the job the workers run until it is settled."""
+
+    __slots__ = ("_conn", "_lock", "cancelled", "failures", "first_failure", "rr", "source")
+
+    def __init__(self, source: HttpRangeSource, rr: RangeRead):
+        self.source = source
+        self.rr = rr
+        self.cancelled = False
+        self.failures = 0
+        self.first_failure = 0.0
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+
+    @property
+    def demand(self) -> bool:
+        return self.rr.pins > 0  # a read is assembling from it
+
+    def step(self) -> float | None:
+        return self.source._attempt(self)
+
+    def attach(self, conn: http.client.HTTPConnection | None) -> None:
+        with self._lock:
+            self._conn = conn
+        if conn is not None and self.cancelled:
+            self._interrupt(conn)
+
+    def cancel(self) -> None:
+        """Stop the fetch; a transfer under way is cut at once (its socket shut down)."""
+        self.cancelled = True
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            self._interrupt(conn)
+
+    @staticmethod
+    def _interrupt(conn: http.client.HTTPConnection) -> None:
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
 
 
 class HttpRangeSource:
     def __init__(
         self,
-        http: httpx.AsyncClient,
         url: str,
         size: int,
-        nursery: trio.Nursery,
+        workers: RangeWorkers,
+        pool: ConnectionPool,
         limits: StreamLimits = StreamLimits(),
     ):
         self.url = url
         self.size = size
         self.limits = limits
         self.counters = SourceCounters()
-        self._http = http
-        self._nursery = nursery
-        self._scopes: dict[RangeRead, trio.CancelScope] = {}
+        self.origin, self._target = Origin.of(url)  # ValueError for a bad URL
+        self._workers = workers
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._jobs: dict[RangeRead, RangeFetch] = {}
         self._closed = False
 
     @property
@@ -49,99 +130,187 @@ class HttpRangeSource:
         return self.counters.bytes
 
     def submit(self, ranges: list[RangeRead]) -> None:
-        if self._closed:
-            raise DataError(f"{self.url}: closed")
-        for rr in ranges:
-            scope = trio.CancelScope()
-            self._scopes[rr] = scope
-            self._nursery.start_soon(self._fetch, rr, scope)
+        jobs = []
+        with self._lock:
+            if self._closed:
+                raise DataError(f"{self.url}: closed")
+            for rr in ranges:
+                job = self._jobs[rr] = RangeFetch(self, rr)
+                jobs.append(job)
+        for job in jobs:
+            self._workers.submit(job)
 
     def abandon(self, rr: RangeRead) -> None:
-        scope = self._scopes.pop(rr, None)
-        if scope is not None:
-            scope.cancel()
+        with self._lock:
+            job = self._jobs.pop(rr, None)
+        if job is not None:
+            job.cancel()
 
     def close(self) -> None:
-        self._closed = True
-        for rr, scope in list(self._scopes.items()):
-            scope.cancel()
+        with self._lock:
+            self._closed = True
+            jobs, self._jobs = self._jobs, {}
+        for rr, job in jobs.items():
+            job.cancel()
             rr.fail(DataError(f"{self.url}: closed"))
-        self._scopes.clear()
-
-    async def _fetch(self, rr: RangeRead, scope: trio.CancelScope) -> None:
-        failures = 0
-        start = trio.current_time()
-        with scope:
-            try:
-                while not rr.settled:
-                    try:
-                        await self._get(rr)
-                        failures = 0
-                    except TransientError as e:
-                        failures += 1
-                        elapsed = trio.current_time() - start
-                        if (
-                            failures > self.limits.max_attempts
-                            or elapsed > self.limits.retry_window
-                        ):
-                            rr.fail(e)
-                            return
-                        self.counters.retries += 1
-                        delay = min(
-                            self.limits.backoff_initial * 2 ** (failures - 1),
-                            self.limits.backoff_max,
-                        )
-                        log.info("%s: %s; retrying in %.2fs", self.url, e, delay)
-                        await trio.sleep(delay)
-            except DataError as e:
-                rr.fail(e)
-            finally:
-                self._scopes.pop(rr, None)
 
     # Hooks for a source that speaks a protocol over these GETs (gcs_media.py).
+    # They run on a range worker and may block.
 
-    async def _request_headers(self) -> dict[str, str]:
+    def _request_headers(self) -> dict[str, str]:
         """Headers to send besides Range (credentials, for instance)."""
         return {}
 
-    def _check_response(self, response: httpx.Response, first: int, last: int) -> None:
+    def _check_response(self, head: ResponseHead, first: int, last: int) -> None:
         """Checks before the generic ones (status, Content-Range); raise DataError to refuse."""
 
-    async def _consume(self, response: httpx.Response, rr: RangeRead, first: int) -> None:
-        """Feed the body to `rr` as it streams in."""
-        pos = first
-        async for data in response.aiter_bytes():
-            self.counters.bytes += len(data)
-            rr.feed(pos, data)  # ProtocolError on anything past what was asked
-            pos += len(data)
+    def _consume(self, job: RangeFetch, response: http.client.HTTPResponse, first: int) -> None:
+        """Read the body into the range, from `first` to its end."""
+        rr = job.rr
+        n = rr.end - first
+        buf = bytearray(n)  # one allocation; the views below keep it alive while needed
+        view = memoryview(buf)
+        pos, step = 0, FIRST_STEP
+        while pos < n:
+            if job.cancelled:
+                raise _Cancelled
+            got = response.readinto(view[pos : pos + step])
+            if not got:
+                raise TransientError(f"{self.url}: body ended at {first + pos}, before {rr.end}")
+            self.counters.bytes += got
+            rr.feed(first + pos, view[pos : pos + got])  # ProtocolError past what was asked
+            pos += got
+            step = min(step * 2, MAX_STEP)
 
-    async def _get(self, rr: RangeRead) -> None:
-        first, last = rr.next_offset, rr.end - 1
-        self.counters.requests += 1
+    # The fetch, on a range worker.
+
+    def _attempt(self, job: RangeFetch) -> float | None:
+        delay = self._try(job)
+        if delay is None:
+            with self._lock:
+                if self._jobs.get(job.rr) is job:
+                    del self._jobs[job.rr]
+        return delay
+
+    def _try(self, job: RangeFetch) -> float | None:
+        """One GET for what the range still lacks: None when the range is settled (or
+        no longer wanted), else the backoff before the next try."""
+        rr = job.rr
+        before = rr.next_offset
         try:
-            headers = {**await self._request_headers(), "Range": f"bytes={first}-{last}"}
-            async with self._http.stream("GET", self.url, headers=headers) as response:
-                self._check_response(response, first, last)
-                if response.status_code in (403, 404, 410):
-                    raise GoneError(f"{self.url}: HTTP {response.status_code}")
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise TransientError(f"{self.url}: HTTP {response.status_code}")
-                if response.status_code != 206:
-                    raise DataError(f"{self.url}: HTTP {response.status_code} to a range request")
-                _check_content_range(
-                    response.headers.get("content-range", ""), first, last, self.size
-                )
-                await self._consume(response, rr, first)
-        except httpx.HTTPError as e:
+            if not (job.cancelled or rr.settled):
+                self._get(job)
+        except _Cancelled:
+            pass
+        except TransientError as e:
+            if job.cancelled:
+                return None
+            now = time.monotonic()
+            if rr.next_offset > before:
+                job.failures = 0  # it moved: count breaks without progress only
+            if job.failures == 0:
+                job.first_failure = now
+            job.failures += 1
+            if self.limits.gives_up(job.failures, now - job.first_failure):
+                log.warning("%s: giving up after %d attempts: %s", self.url, job.failures, e)
+                rr.fail(e)
+                return None
+            self.counters.retries += 1
+            delay = self.limits.backoff(job.failures)
+            log.info("%s; retrying in %.2fs", e, delay)
+            return delay
+        except DataError as e:
+            rr.fail(e)
+        return None
+
+    def _get(self, job: RangeFetch) -> None:
+        rr = job.rr
+        first, last = rr.next_offset, rr.end - 1
+        headers = {
+            **self._request_headers(),
+            "Range": f"bytes={first}-{last}",
+            "Accept-Encoding": "identity",  # the listed size and hashes are of stored bytes
+        }
+        conn = None
+        try:
+            conn, response = self._send(job, headers)
+            self.counters.requests += 1
+            self._check(ResponseHead(response.status, response.msg, headers), first, last)
+            self._consume(job, response, first)
+            if response.chunked and response.read(1):
+                raise ProtocolError(f"{self.url}: more bytes than bytes {first}-{last}")
+            reusable = not response.will_close and response.isclosed()
+        except (OSError, http.client.HTTPException) as e:
+            if conn is not None:
+                conn.close()
+            if job.cancelled:
+                raise _Cancelled from None
             raise TransientError(f"{self.url}: {e.__class__.__name__}: {e}") from None
-        if not rr.done:
-            raise TransientError(f"{self.url}: body ended at {rr.next_offset}, before {rr.end}")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            job.attach(None)
+        if reusable:
+            self._pool.give_back(self.origin, conn)
+        else:
+            conn.close()
+
+    def _send(
+        self, job: RangeFetch, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """The request on a warm connection, or a fresh one when the warm one turns out
+        closed by the server before answering (that costs no attempt)."""
+        conn, warm = self._pool.take(self.origin)
+        job.attach(conn)
+        try:
+            return conn, self._request(conn, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if not warm or job.cancelled:
+                raise
+        conn = self._pool.connect(self.origin)
+        job.attach(conn)
+        return conn, self._request(conn, headers)
+
+    def _request(
+        self, conn: http.client.HTTPConnection, headers: dict[str, str]
+    ) -> http.client.HTTPResponse:
+        conn.putrequest("GET", self._target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn.getresponse()
+
+    def _check(self, head: ResponseHead, first: int, last: int) -> None:
+        self._check_response(head, first, last)
+        status = head.status
+        if status in (403, 404, 410):
+            raise GoneError(f"{self.url}: HTTP {status}")
+        if status >= 500 or status == 429:
+            raise TransientError(f"{self.url}: HTTP {status}")
+        coding = head.headers.get("content-encoding", "identity").strip().lower()
+        if coding != "identity":
+            raise DataError(f"{self.url}: body sent with content coding {coding[:40]!r}")
+        length = last - first + 1
+        if status == 200 and first == 0 and length == self.size:
+            pass  # the whole object, as asked for, without Content-Range
+        elif status == 206:
+            check_content_range(head.headers.get("content-range", ""), first, last, self.size)
+        else:
+            raise DataError(f"{self.url}: HTTP {status} to a range request")
+        declared = head.headers.get_all("content-length") or []
+        if any(value.strip() != str(length) for value in declared):
+            raise ProtocolError(f"{self.url}: Content-Length {declared!r} for {length} bytes")
 
 
-def _check_content_range(value: str, first: int, last: int, size: int) -> None:
-    match = _CONTENT_RANGE.match(value.strip())
+def check_content_range(value: str, first: int, last: int, size: int) -> None:
+    """A 206's Content-Range must name exactly the bytes asked for, of an object of
+    the size listed; ProtocolError otherwise."""
+    match = _CONTENT_RANGE.fullmatch(value.strip())
     if not match:
-        raise ProtocolError(f"bad Content-Range {value!r}")
+        raise ProtocolError(f"bad Content-Range {value[:80]!r}")
     a, b, total = int(match[1]), int(match[2]), match[3]
     if (a, b) != (first, last) or (total != "*" and int(total) != size):
         raise ProtocolError(f"Content-Range {value!r} does not match bytes {first}-{last}/{size}")

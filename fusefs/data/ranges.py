@@ -254,7 +254,11 @@ class SequentialTracker:
         end = offset + size
         for i, run in enumerate(self._runs):
             nxt, window = run
-            slack = max(window, self.initial, size)
+            # A run continues where it left off, give or take one read (the kernel
+            # sends a run's requests several at a time and they may overtake one
+            # another) or its window. Not more: a random read that lands near a run by
+            # chance would start a prefetch that nobody reads.
+            slack = max(window, 2 * size)
             if nxt - slack <= offset <= nxt + slack:
                 run[0] = max(nxt, end)
                 run[1] = min(max(window * 2, self.initial), self.maximum)

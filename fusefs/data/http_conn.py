@@ -1,0 +1,132 @@
+"""Warm HTTP/1.1 connections for ranged GETs, kept per origin.
+
+A range is one request on one connection; a connection that delivered its whole
+answer goes back to the pool and serves the next range to the same origin without a
+new TCP (and TLS) handshake. Idle connections are closed past `idle_timeout` (servers
+drop theirs after a while too: nginx after 75 s) and beyond `keep_per_origin`.
+
+The connections are `http.client` ones: the standard library's parser for the status
+line and headers, and `readinto` of a body straight into the caller's buffer. A
+connection is used by one thread at a time; the pool itself is shared by all.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str  # "http" or "https"
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, url: str) -> tuple[Origin, str]:
+        """The origin of an absolute http(s) URL and its request target (path?query);
+        ValueError for anything else."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url[:80]!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials in a data URL are not accepted")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        return cls(parts.scheme, parts.hostname, port), target
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0  # between two reads of one answer: a silent server
+    idle_timeout: float = 30.0
+    keep_per_origin: int = 32
+
+
+class ConnectionPool:
+    def __init__(self, limits: ConnectionLimits = ConnectionLimits()):
+        self.limits = limits
+        self.opened = 0  # connections made so far (a warm pool keeps this low)
+        self._lock = threading.Lock()
+        self._idle: dict[Origin, deque[tuple[float, http.client.HTTPConnection]]] = {}
+        self._tls: ssl.SSLContext | None = None
+        self._closed = False
+
+    def take(self, origin: Origin) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to `origin` and whether it was warm (used before: it may have
+        been closed by the server meanwhile). Connects a new one when none is idle;
+        OSError when that fails."""
+        now = time.monotonic()
+        with self._lock:
+            idle = self._idle.get(origin)
+            while idle:
+                last_used, conn = idle.pop()  # the most recent: least likely closed
+                if now - last_used < self.limits.idle_timeout:
+                    return conn, True
+                conn.close()
+        return self.connect(origin), False
+
+    def give_back(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
+        """Return a connection whose last answer was read to its end."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                conn.close()
+                return
+            idle = self._idle.setdefault(origin, deque())
+            idle.append((now, conn))
+            while len(idle) > self.limits.keep_per_origin or (
+                idle and now - idle[0][0] >= self.limits.idle_timeout
+            ):
+                idle.popleft()[1].close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for _, conn in conns:
+                conn.close()
+
+    def connect(self, origin: Origin) -> http.client.HTTPConnection:
+        """A new connection to `origin` (OSError when it cannot be made)."""
+        limits = self.limits
+        conn: http.client.HTTPConnection
+        if origin.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                origin.host, origin.port, timeout=limits.connect_timeout, context=self._context()
+            )
+        else:
+            conn = http.client.HTTPConnection(
+                origin.host, origin.port, timeout=limits.connect_timeout
+            )
+        conn.connect()  # sets TCP_NODELAY; TLS verified against the system roots
+        assert conn.sock is not None
+        conn.sock.settimeout(limits.read_timeout)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        with self._lock:
+            self.opened += 1
+        return conn
+
+    def _context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+                # ALPN says HTTP/1.1 only: this reader speaks nothing else.
+                self._tls.set_alpn_protocols(["http/1.1"])
+            return self._tls
