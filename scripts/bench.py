@@ -1,23 +1,40 @@
 """modelfs benchmark: one run, baselines measured side by side, ratios reported.
 
 Systems (all on loopback, all reading the same files of one temp store):
-  mount    `modelfs mount` on `modelfs serve`
-  raw      the modelfs client library on the same server, no FUSE
-  local    the store's files read directly (cold: evicted from the page cache; warm: cached)
-  rclone   `rclone mount` (--vfs-cache-mode off) of nginx serving the store over HTTP;
-           rclone and nginx are installed with apt-get when missing, and their rows are
-           null when that is not possible
+  mount       `modelfs mount` on `modelfs serve`, in the region that holds the repo: the
+              gRPC data path (one BidiReadObject stream per file)
+  mount_http  `modelfs mount` on the same store, in a region that holds nothing and with
+              no peers, so every probe is answered with the public path, which the store
+              (`--cdn-base`) points at nginx: the ranged-HTTP data path real hubs use (CDN,
+              OSS). Each such mount is checked on the way out: the store served no byte and
+              the mount read only from nginx; otherwise the bench fails
+  raw         the modelfs client library on the same server, no FUSE (gRPC path)
+  local       the store's files read directly (cold: evicted from the page cache; warm: cached)
+  rclone      `rclone mount` (--vfs-cache-mode off) of the same nginx serving the store;
+              rclone and nginx are installed with apt-get when missing; without nginx the
+              mount_http and rclone rows are null, without rclone the rclone rows
 
-Workloads:
-  cold_seq      1 GiB read sequentially in 1 MiB blocks: mount, raw, local, rclone
-  shards        a "model" of 4 safetensors shards read one after another: mount, raw, local, rclone
-  random        pread 4 KiB and 1 MiB from 1 and 4 threads (IOPS, MB/s, p50/p99): mount, rclone;
-                each run reads distinct blocks of a file its system has not read yet
-  safetensors   the 4 shards loaded by read and by mmap through fresh mounts (mount, rclone),
-                vs the raw client fetching the same bytes and the local files (page cache)
+Workloads (mount, mount_http and rclone each run every streaming one: cold_seq, shards,
+random, random_large, safetensors, warm, ttfb):
+  cold_seq      1 GiB read sequentially in 1 MiB blocks; also raw and local
+  shards        a "model" of 4 safetensors shards read one after another; also raw and local
+  random        pread 4 KiB and 1 MiB from 1 and 4 threads (IOPS, MB/s, p50/p99), each run
+                over distinct blocks of a 256/512 MiB file its system has not read yet: no
+                block is read twice, so it shows what read-ahead costs or gains; kept beside
+                random_large for its 1-thread and 1 MiB runs
+  random_large  pread 4 KiB and 64 KiB at uniformly random block-aligned offsets of the
+                1 GiB file (far larger than any read-ahead window), 4 threads, --seconds per
+                run; offsets may repeat, as a real random reader's do; each thread draws from
+                its own seeded generator, so every system reads the same offsets in the same
+                order. Each run is on a fresh mount (its page cache empty) and drops the
+                file's pages first (POSIX_FADV_DONTNEED through the mount); the store's and
+                nginx's copy stays in the host page cache, as in every workload here. This is
+                the §7 random-read workload (IOPS, MB/s, p50/p99)
+  safetensors   the 4 shards loaded by read and by mmap through fresh mounts, vs the raw
+                client fetching the same bytes and the local files (page cache)
   warm          re-read of the 1 GiB file after close/reopen (page cache kept) vs local
-  ttfb          open + first byte of cold files (p50/p95): 0 peers (mount, rclone), and 3 peers
-                (mount in a region holding nothing; the third peer holds the repo), counting probes
+  ttfb          open + first byte of cold files (p50/p95): 0 peers, and 3 peers (mount in a
+                region holding nothing; the third peer holds the repo), counting probes
   small_files   a few hundred ~2 KB files of another repo read whole one after another, cold
                 (files/s), each open + first byte timed (p50/p95) once the repo's region is
                 known: mount, rclone
@@ -30,6 +47,9 @@ Workloads:
                 remount (should be 0)
   store_vs_pump `modelfs serve` against a minimal gRPC byte pump, one stream
   memory        peak RSS (VmHWM) of every mount process, read just before it is unmounted
+
+`--only http` runs cold_seq (and the raw client's) and random_large alone, on a store of
+just the 1 GiB file: the two data paths beside rclone in a couple of minutes.
 
 Writes a JSON report (--out), prints the numbers side by side, then each target of
 DESIGN.md §7 with the measured value and whether it was met. Everything started is
@@ -52,10 +72,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
@@ -78,7 +98,7 @@ from bench_peers import (
     unmount_all_under,
     version_line,
 )
-from bench_report import Report, add_ratios, print_report, targets
+from bench_report import Report, add_path_ratios, add_ratios, print_report, targets
 
 MiB = 1 << 20
 REPO = RepoId("bench", "model")
@@ -87,7 +107,12 @@ SMALL_FILES = 40  # 1 MiB each: the first 20 for ttfb with no peers, the rest wi
 VERIFY_FILE = "small-039.bin"  # checked through every rclone mount; nothing there reads it later
 RANDOM_RUNS = ((4096, 1), (4096, 4), (MiB, 1), (MiB, 4))  # (block, threads)
 RANDOM_FILE_BYTES = {4096: 256 * MiB, MiB: 512 * MiB}
-MAIN_MOUNTS = ("main", "st-read", "st-mmap")  # the mounts that ran workloads cold_seq..safetensors
+LARGE_RANDOM_BLOCKS = (4096, 64 * 1024)  # random_large: preads over the 1 GiB file
+LARGE_RANDOM_THREADS = 4
+SYSTEMS = ("mount", "mount_http", "rclone")
+HTTP_REGION = "away"  # mount_http's region: in no topology, so probes get the public path
+# the mounts that ran workloads cold_seq..safetensors (mount and mount_http)
+MAIN_MOUNTS = ("main", "st-read", "st-mmap", "http-main", "http-st-read", "http-st-mmap")
 CACHE_SIZE = "8G"  # --cache-size: room for everything the disk-cache workload reads
 SMALL_COUNT = 400  # bench/small: files of ~2 KB, read one after another
 SEAL_TIMEOUT = 120.0  # seconds to wait, after the cold reads, for the cache to seal the files
@@ -130,12 +155,16 @@ def make_small_store(root: Path) -> Path:
     return repo
 
 
-def make_store(root: Path, big: int) -> Path:
-    """The repo bench/model under root; returns its directory."""
+def make_store(root: Path, big: int, minimal: bool = False) -> Path:
+    """The repo bench/model under root; returns its directory. `minimal`: only the big
+    file and the one rclone is checked with (--only http)."""
     repo = root / "bench" / "model"
     repo.mkdir(parents=True)
     rng = np.random.default_rng(0)
     write_random(repo / "big.bin", big, rng)
+    if minimal:
+        write_random(repo / VERIFY_FILE, MiB, rng)
+        return repo
     for i in range(SMALL_FILES):
         write_random(repo / f"small-{i:03d}.bin", MiB, rng)
     for block, threads in RANDOM_RUNS:  # one file per run, so each run starts cold
@@ -391,6 +420,64 @@ def random_preads(
     }
 
 
+def drop_pages(path: Path) -> None:
+    """Ask the kernel to drop a file's pages (through a FUSE mount: that mount's copy)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def random_preads_large(
+    path: Path, size: int, block: int, threads: int, seconds: float, seed: int
+) -> dict:
+    """pread of uniformly random block-aligned blocks of a large file for `seconds`.
+
+    Thread i draws offsets from Random(seed, i), so every system reads the same offsets in
+    the same order, as far as it gets; offsets may repeat. The file's pages are dropped
+    first.
+    """
+    slots = size // block
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    offsets: list[set[int]] = [set() for _ in range(threads)]
+    drop_pages(path)
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        rng = random.Random(f"{seed}/{i}")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while time.perf_counter() < stop:
+                off = rng.randrange(slots) * block
+                t = time.perf_counter()
+                n = len(os.pread(fd, block, off))
+                latencies[i].append(time.perf_counter() - t)
+                offsets[i].add(off)
+                if n != block:
+                    raise RuntimeError(f"{path}: short read at {off}: {n} of {block} bytes")
+        finally:
+            os.close(fd)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    elapsed = time.perf_counter() - t0
+    merged = sorted(x for mine in latencies for x in mine)
+    n = len(merged)
+    return {
+        "block": block,
+        "threads": threads,
+        "ops": n,
+        "distinct_offsets": len(set().union(*offsets)),
+        "seconds": elapsed,
+        "iops": n / elapsed,
+        "mb_s": n * block / elapsed / 1e6,
+        "p50_ms": merged[n // 2] * 1e3,
+        "p99_ms": merged[min(n - 1, n * 99 // 100)] * 1e3,
+    }
+
+
 def open_first_byte(path: Path) -> float:
     t = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
@@ -441,6 +528,7 @@ class Bench:
     server: ServerHandle
     seconds: float
     peer_url: str | None = None  # nginx; None when the rclone baseline is skipped
+    cdn_url: str | None = None  # nginx, the store's --cdn-base; None: no mount_http
     hwm: dict[str, float | None] = field(default_factory=dict)  # mount process peak RSS, MiB
 
     @property
@@ -468,6 +556,51 @@ class Bench:
         stats = self.server.stats()
         return sum(stats["grpc_bytes"].values()) + stats["cdn_bytes"]
 
+    def store_data_bytes(self) -> int:
+        """Bytes the store has served on every data plane: gRPC, CDN, region paths, GCS."""
+        stats = self.server.stats()
+        return (
+            self.store_bytes()
+            + sum(stats["internal_http"]["bytes"].values())
+            + stats["gcs"]["bytes"]
+        )
+
+    @contextmanager
+    def modelfs_http(self, label: str, repo: str = "bench/model") -> Iterator[Path]:
+        """A fresh `modelfs mount` whose files all take the public path, nginx, by ranged
+        HTTP; yields the repo directory. Checked once the work is done: the store served
+        no byte, and every byte the mount read came from nginx."""
+        assert self.cdn_url is not None
+        before = self.store_data_bytes()
+        with self.modelfs_mount(label, "--region", HTTP_REGION, repo=repo) as m:
+            yield m.path / "bench" / "model"
+            status = m.status()
+        read = {k: v for k, v in status["bytes_read"].items() if v}
+        served = self.store_data_bytes() - before
+        elsewhere = [
+            f"{f['path']} from {f['endpoint']}"
+            for f in status["files"]
+            if not str(f["endpoint"]).startswith(self.cdn_url)
+        ]
+        if set(read) != {"cdn"} or served or elsewhere:
+            raise RuntimeError(
+                f"mount {label} did not read by HTTP from nginx alone: bytes read by source "
+                f"{read}, bytes served by the store {served}, files read elsewhere {elsewhere}"
+            )
+
+    def available(self, system: str) -> bool:
+        return {"mount": True, "mount_http": bool(self.cdn_url), "rclone": bool(self.peer_url)}[
+            system
+        ]
+
+    def fresh(self, system: str, label: str) -> AbstractContextManager[Path]:
+        """A fresh mount of the repo by one of SYSTEMS; yields the repo directory."""
+        if system == "mount":
+            return self.modelfs(label, "--region", "home")
+        if system == "mount_http":
+            return self.modelfs_http(f"http-{label}")
+        return self.rclone(label)
+
     @contextmanager
     def rclone(self, label: str, repo: str = "model", verify: str = VERIFY_FILE) -> Iterator[Path]:
         """A fresh `rclone mount` of nginx, checked to return the right bytes of `verify`."""
@@ -483,25 +616,58 @@ class Bench:
                 self.hwm[f"rclone-{label}"] = peak_rss_mib(rm.proc.pid)
 
 
-def start_peer(cleanup: ExitStack, b: Bench, report: Report) -> None:
-    """nginx serving the store, for rclone to mount; on any obstacle, the rows go null."""
+def start_nginx(cleanup: ExitStack, work: Path, store: Path, report: Report) -> str | None:
+    """nginx serving the store, for rclone to mount and for the store's --cdn-base (so it
+    starts before the store); its URL, or None when it cannot run (the rows go null)."""
     info = report["rclone"] = {"available": False, "skipped_because": None, "flags": RCLONE_FLAGS}
+    report["mount_http"] = {"available": False, "region": HTTP_REGION, "cdn_base": None}
     try:
         ensure_packages({"rclone": "rclone", "nginx": "nginx"})
         info["version"] = version_line([str(find_binary("rclone")), "version"])
         info["nginx"] = version_line([str(find_binary("nginx")), "-v"])
-        nginx = cleanup.enter_context(nginx_serving(b.store, b.work / "nginx"))
+        nginx = cleanup.enter_context(nginx_serving(store, work / "nginx"))
     except PeerUnavailable as e:
-        skip_peer(b, report, str(e))
-        return
-    b.peer_url = nginx.url
+        print(f"bench: nginx unavailable, mount_http and rclone rows are null: {e}", flush=True)
+        info["skipped_because"] = report["mount_http"]["skipped_because"] = str(e)
+        return None
     info["available"] = True
+    report["mount_http"].update(available=True, cdn_base=nginx.url)
+    return nginx.url
+
+
+def start_store(
+    cleanup: ExitStack, store: Path, regions: dict[str, list[str]], cdn_url: str | None
+) -> ServerHandle:
+    """modelfs serve playing the regions; with nginx, its public path is nginx."""
+    server = start_regions(store, regions, *(("--cdn-base", cdn_url) if cdn_url else ()))
+    cleanup.callback(quietly, "stopping modelfs serve", server.stop)
+    return server
 
 
 def skip_peer(b: Bench, report: Report, reason: str) -> None:
     print(f"bench: rclone baseline skipped, its rows are null: {reason}", flush=True)
     report["rclone"].update(available=False, skipped_because=reason)
     b.peer_url = None
+
+
+T = TypeVar("T")
+
+
+def on_system(
+    b: Bench, report: Report, system: str, label: str, work: Callable[[Path], T]
+) -> T | None:
+    """work(repo directory) on a fresh mount by `system`; None when that system cannot run
+    here (rclone that does not come up is skipped from then on; the others fail the run)."""
+    if not b.available(system):
+        return None
+    try:
+        with b.fresh(system, label) as model:
+            return work(model)
+    except PeerUnavailable as e:
+        if system != "rclone":
+            raise
+        skip_peer(b, report, str(e))
+        return None
 
 
 def streaming_suite(model: Path, local: Path, seconds: float) -> dict:
@@ -530,14 +696,19 @@ def streaming_suite(model: Path, local: Path, seconds: float) -> dict:
     return out
 
 
+def measure_raw_seq(b: Bench, report: Report) -> None:
+    log("raw client")
+    size = report["size_bytes"]
+    report["raw_client_seq_mb_s"] = (
+        size / trio.run(raw_client_sequential, b.server.hub, ["big.bin"]) / 1e6
+    )
+
+
 def measure_baselines(b: Bench, report: Report) -> None:
     size = report["size_bytes"]
     log("store vs byte pump")
     report["store_vs_pump"] = pump_vs_store(b.server.grpc["home"], size)
-    log("raw client")
-    report["raw_client_seq_mb_s"] = (
-        size / trio.run(raw_client_sequential, b.server.hub, ["big.bin"]) / 1e6
-    )
+    measure_raw_seq(b, report)
     raw_shards_s = trio.run(raw_client_sequential, b.server.hub, shard_names())
     shards = [b.local / name for name in shard_names()]
     total = sum(p.stat().st_size for p in shards)
@@ -558,37 +729,76 @@ def measure_baselines(b: Bench, report: Report) -> None:
 
 
 def measure_streaming(b: Bench, report: Report) -> None:
-    log("mount: cold/warm sequential, shards, first bytes, random reads")
-    with b.modelfs("main", "--region", "home") as model:
-        mine = streaming_suite(model, b.local, b.seconds)
-    theirs: dict[str, Any] = {}
     report["random"] = {}
-    if b.peer_url:
-        log("rclone: cold/warm sequential, shards, first bytes, random reads")
-        try:
-            with b.rclone("main") as model:
-                theirs = streaming_suite(model, b.local, b.seconds)
-        except PeerUnavailable as e:
-            skip_peer(b, report, str(e))
-    for system, got in (("mount", mine), ("rclone", theirs)):
-        report[f"{system}_cold_seq_mb_s"] = got.get("cold_seq_mb_s")
-        report[f"{system}_warm_seq_mb_s"] = got.get("warm_seq_mb_s")
-        report["shards"][f"{system}_mb_s"] = got.get("shards_mb_s")
-        report["random"][system] = got.get("random")
-    report["ttfb_0_peers"] = mine["ttfb"]
-    report["rclone_ttfb"] = theirs.get("ttfb")
+    got: dict[str, dict[str, Any]] = {}
+    for system in SYSTEMS:
+        if b.available(system):
+            log(f"{system}: cold/warm sequential, shards, first bytes, random reads")
+        got[system] = (
+            on_system(b, report, system, "main", lambda m: streaming_suite(m, b.local, b.seconds))
+            or {}
+        )
+        report[f"{system}_cold_seq_mb_s"] = got[system].get("cold_seq_mb_s")
+        report[f"{system}_warm_seq_mb_s"] = got[system].get("warm_seq_mb_s")
+        report["shards"][f"{system}_mb_s"] = got[system].get("shards_mb_s")
+        report["random"][system] = got[system].get("random")
+    report["ttfb_0_peers"] = got["mount"]["ttfb"]
+    report["mount_http_ttfb"] = got["mount_http"].get("ttfb")
+    report["rclone_ttfb"] = got["rclone"].get("ttfb")
+
+
+def measure_cold_seq(b: Bench, report: Report) -> None:
+    """The cold sequential read alone, each system on a fresh mount (--only http)."""
+    size = report["size_bytes"]
+
+    def cold(model: Path) -> float:
+        n, t = read_sequential(model / "big.bin")
+        assert n == size, (n, size)
+        return size / t / 1e6
+
+    for system in SYSTEMS:
+        if b.available(system):
+            log(f"{system}: cold sequential")
+        report[f"{system}_cold_seq_mb_s"] = on_system(b, report, system, "seq", cold)
+
+
+def measure_random_large(b: Bench, report: Report) -> None:
+    """random_large: each system and block size on a fresh mount, the same offsets."""
+    size = (b.local / "big.bin").stat().st_size
+    out: dict[str, Any] = {
+        "file": "big.bin",
+        "bytes": size,
+        "threads": LARGE_RANDOM_THREADS,
+        "seconds": b.seconds,
+    }
+    report["random_large"] = out
+    for system in SYSTEMS:
+        runs = []
+        for block in LARGE_RANDOM_BLOCKS:
+            if b.available(system):
+                log(f"{system}: random {block // 1024} KiB preads over the 1 GiB file")
+            run = on_system(
+                b,
+                report,
+                system,
+                f"rl-{block // 1024}k",
+                lambda model, block=block: random_preads_large(
+                    model / "big.bin", size, block, LARGE_RANDOM_THREADS, b.seconds, seed=block
+                ),
+            )
+            if run is not None:
+                runs.append(run)
+        out[system] = runs or None
 
 
 def measure_safetensors(b: Bench, report: Report) -> None:
     st = report["safetensors"]
     for how in ("read", "mmap"):
         log(f"safetensors by {how}")
-        with b.modelfs(f"st-{how}", "--region", "home") as model:
-            st[f"mount_{how}_s"] = load_shards(model, how)
-        st[f"rclone_{how}_s"] = None
-        if b.peer_url:
-            with b.rclone(f"st-{how}") as model:
-                st[f"rclone_{how}_s"] = load_shards(model, how)
+        for system in SYSTEMS:
+            st[f"{system}_{how}_s"] = on_system(
+                b, report, system, f"st-{how}", lambda model, how=how: load_shards(model, how)
+            )
         load_shards(b.local, how)  # warm the local files
         st[f"local_{how}_s"] = load_shards(b.local, how)
 
@@ -801,7 +1011,7 @@ def remove_workdir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-WORKLOADS = ("all", "small_files")
+WORKLOADS = ("all", "small_files", "http")
 
 
 def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
@@ -809,24 +1019,33 @@ def run(cleanup: ExitStack, args: argparse.Namespace, report: Report) -> None:
     cleanup.callback(quietly, f"removing {work}", lambda: remove_workdir(work))
     log(f"writing the store in {work}")
     store = work / "store"
-    make_small_store(store)
     if args.only == "small_files":
-        server = start_regions(store, {"home": ["bench/*"]})
-        cleanup.callback(quietly, "stopping modelfs serve", server.stop)
-        b = Bench(work, store, server, args.seconds)
-        start_peer(cleanup, b, report)
+        make_small_store(store)
+        url = start_nginx(cleanup, work, store, report)
+        server = start_store(cleanup, store, {"home": ["bench/*"]}, url)
+        b = Bench(work, store, server, args.seconds, peer_url=url, cdn_url=url)
         measure_small_files(b, report)
         return
+    if args.only == "http":
+        make_store(store, report["size_bytes"], minimal=True)
+        url = start_nginx(cleanup, work, store, report)
+        server = start_store(cleanup, store, {"home": ["bench/*"]}, url)
+        b = Bench(work, store, server, args.seconds, peer_url=url, cdn_url=url)
+        measure_raw_seq(b, report)
+        measure_cold_seq(b, report)
+        measure_random_large(b, report)
+        record_memory(b, report)
+        return
+    make_small_store(store)
     make_store(store, report["size_bytes"])
+    url = start_nginx(cleanup, work, store, report)
     # home holds the repo; of three peers only the last does
-    server = start_regions(
-        store, {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"], "p3": ["bench/*"]}
-    )
-    cleanup.callback(quietly, "stopping modelfs serve", server.stop)
-    b = Bench(work, store, server, args.seconds)
-    start_peer(cleanup, b, report)
+    regions = {"home": ["bench/*"], "p1": ["none/*"], "p2": ["none/*"], "p3": ["bench/*"]}
+    server = start_store(cleanup, store, regions, url)
+    b = Bench(work, store, server, args.seconds, peer_url=url, cdn_url=url)
     measure_baselines(b, report)
     measure_streaming(b, report)
+    measure_random_large(b, report)
     measure_safetensors(b, report)
     measure_shared(b, report)
     measure_peers(b, report)
@@ -880,6 +1099,8 @@ def main() -> int:
             cleanup.close()
     if args.only == "all":
         add_ratios(report)
+    elif args.only == "http":
+        add_path_ratios(report)
     ts = targets(report)
     report["targets"] = [
         {

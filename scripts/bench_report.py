@@ -16,33 +16,64 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def random_run(report: Report, system: str, block: int, threads: int) -> dict | None:
-    runs = report["random"][system] or []
+SYSTEMS = ("mount", "mount_http", "rclone")
+SYSTEM_LABELS = {"mount": "mount (gRPC)", "mount_http": "mount_http", "rclone": "rclone"}
+
+
+def random_run(
+    report: Report, system: str, block: int, threads: int, workload: str = "random"
+) -> dict | None:
+    """One run of `random` (distinct blocks) or `random_large` (random offsets, 1 GiB)."""
+    runs = (report.get(workload) or {}).get(system) or []
     return next((r for r in runs if (r["block"], r["threads"]) == (block, threads)), None)
+
+
+def random_iops(report: Report, system: str, block: int = 4096) -> float | None:
+    run = random_run(report, system, block, 4, "random_large")
+    return run and run["iops"]
+
+
+def add_path_ratios(report: Report) -> None:
+    """The two data paths against rclone and the raw client: cold sequential MB/s and
+    random_large IOPS (4 KiB x4)."""
+    cold = {s: report.get(f"{s}_cold_seq_mb_s") for s in SYSTEMS}
+    report["ratio_cold_mount_vs_raw"] = ratio(cold["mount"], report.get("raw_client_seq_mb_s"))
+    report["ratio_cold_mount_vs_rclone"] = ratio(cold["mount"], cold["rclone"])
+    report["ratio_cold_http_vs_rclone"] = ratio(cold["mount_http"], cold["rclone"])
+    report["ratio_cold_http_vs_mount"] = ratio(cold["mount_http"], cold["mount"])
+    for block in (4096, 64 * 1024):
+        k = f"{block // 1024}k"
+        iops = {s: random_iops(report, s, block) for s in SYSTEMS}
+        report[f"ratio_random_large_{k}_mount_vs_rclone_iops"] = ratio(
+            iops["mount"], iops["rclone"]
+        )
+        report[f"ratio_random_large_{k}_http_vs_rclone_iops"] = ratio(
+            iops["mount_http"], iops["rclone"]
+        )
 
 
 def add_ratios(report: Report) -> None:
     """The mount's number over each baseline's, in the measured unit (MB/s, IOPS or s)."""
-    report["ratio_cold_mount_vs_raw"] = ratio(
-        report["mount_cold_seq_mb_s"], report["raw_client_seq_mb_s"]
-    )
-    report["ratio_cold_mount_vs_rclone"] = ratio(
-        report["mount_cold_seq_mb_s"], report["rclone_cold_seq_mb_s"]
-    )
+    add_path_ratios(report)
     report["ratio_warm_mount_vs_local"] = ratio(
         report["mount_warm_seq_mb_s"], report["local_warm_seq_mb_s"]
     )
     sh = report["shards"]
     sh["ratio_mount_vs_raw"] = ratio(sh["mount_mb_s"], sh["raw_client_mb_s"])
     sh["ratio_mount_vs_rclone"] = ratio(sh["mount_mb_s"], sh["rclone_mb_s"])
-    mine, theirs = (random_run(report, s, 4096, 4) for s in ("mount", "rclone"))
+    sh["ratio_http_vs_rclone"] = ratio(sh["mount_http_mb_s"], sh["rclone_mb_s"])
+    mine, http, theirs = (random_run(report, s, 4096, 4) for s in SYSTEMS)
     report["ratio_random_4k_x4_mount_vs_rclone_iops"] = ratio(
         mine and mine["iops"], theirs and theirs["iops"]
+    )
+    report["ratio_random_4k_x4_http_vs_rclone_iops"] = ratio(
+        http and http["iops"], theirs and theirs["iops"]
     )
     st = report["safetensors"]
     for how in ("read", "mmap"):  # seconds: below 1 means the mount is faster
         st[f"ratio_mount_{how}_vs_raw"] = ratio(st[f"mount_{how}_s"], st["raw_client_fetch_s"])
         st[f"ratio_mount_{how}_vs_rclone"] = ratio(st[f"mount_{how}_s"], st[f"rclone_{how}_s"])
+        st[f"ratio_http_{how}_vs_rclone"] = ratio(st[f"mount_http_{how}_s"], st[f"rclone_{how}_s"])
     report["ratio_4_readers_vs_1"] = ratio(
         report["shared_4_readers_s"], report["shared_1_reader_s"]
     )
@@ -91,32 +122,91 @@ class Target:
         return self.measured >= self.bound if self.op == ">=" else self.measured <= self.bound
 
 
-def targets(report: Report) -> list[Target]:
-    if "safetensors" not in report:  # one workload only (--only)
-        return small_file_targets(report)
-    st, pr, big = report["safetensors"], report["probes"], size_label(report)
-    budget = report["memory_budget_mib"]
+def path_targets(report: Report) -> list[Target]:
+    """§7 on the two data paths: gRPC (mount) and ranged HTTP (mount_http, nginx)."""
+    big = size_label(report)
     return [
         Target(
             "§7",
-            f"cold seq {big}: mount / raw client (MB/s)",
+            f"cold seq {big}, gRPC: mount / raw client (MB/s)",
             ">=",
             0.8,
             report["ratio_cold_mount_vs_raw"],
         ),
         Target(
             "§7",
-            f"cold seq {big}: mount / rclone mount (MB/s)",
+            f"cold seq {big}, gRPC: mount / rclone mount (MB/s)",
             ">=",
             2.0,
             report["ratio_cold_mount_vs_rclone"],
         ),
         Target(
             "§7",
-            "random 4 KiB x4 threads: mount / rclone (IOPS)",
+            f"cold seq {big}, HTTP: mount_http / rclone (MB/s)",
+            ">=",
+            1.5,
+            report["ratio_cold_http_vs_rclone"],
+        ),
+        Target(
+            "§7",
+            f"random 4 KiB x4 over {big}, HTTP: mount_http / rclone (IOPS)",
+            ">=",
+            2.0,
+            report["ratio_random_large_4k_http_vs_rclone_iops"],
+        ),
+        Target(
+            "§7",
+            f"random 4 KiB x4 over {big}, gRPC: mount / rclone (IOPS)",
             ">=",
             10.0,
+            report["ratio_random_large_4k_mount_vs_rclone_iops"],
+        ),
+        Target(
+            "bench",
+            f"cold seq {big}: mount_http / mount (MB/s)",
+            "info",
+            None,
+            report["ratio_cold_http_vs_mount"],
+        ),
+        Target(
+            "bench",
+            f"random 64 KiB x4 over {big}, HTTP: mount_http / rclone (IOPS)",
+            "info",
+            None,
+            report["ratio_random_large_64k_http_vs_rclone_iops"],
+        ),
+        Target(
+            "bench",
+            f"random 64 KiB x4 over {big}, gRPC: mount / rclone (IOPS)",
+            "info",
+            None,
+            report["ratio_random_large_64k_mount_vs_rclone_iops"],
+        ),
+    ]
+
+
+def targets(report: Report) -> list[Target]:
+    if "random_large" in report and "safetensors" not in report:  # --only http
+        return path_targets(report)
+    if "safetensors" not in report:  # one workload only (--only)
+        return small_file_targets(report)
+    st, pr = report["safetensors"], report["probes"]
+    budget = report["memory_budget_mib"]
+    return [
+        *path_targets(report),
+        Target(
+            "bench",
+            "random 4 KiB x4, distinct blocks of 256 MiB: mount / rclone (IOPS)",
+            "info",
+            None,
             report["ratio_random_4k_x4_mount_vs_rclone_iops"],
+        ),
+        Target(
+            "bench",
+            "random 4 KiB x4, distinct blocks of 256 MiB: mount_http / rclone (IOPS)",
+            "info",
+            None,
+            report["ratio_random_4k_x4_http_vs_rclone_iops"],
         ),
         Target(
             "§7",
@@ -262,15 +352,16 @@ class Row:
     name: str
     unit: str
     mount: float | None
+    http: float | None = None
     raw: float | None = None
     local: float | None = None
     rclone: float | None = None
 
-    def faster(self, base: float | None) -> float | None:
-        """How many times faster the mount is than a baseline."""
+    def faster(self, value: float | None, base: float | None) -> float | None:
+        """How many times faster `value` is than `base` (for seconds: base over value)."""
         if self.unit in ("s", "ms"):
-            return ratio(base, self.mount)
-        return ratio(self.mount, base)
+            return ratio(base, value)
+        return ratio(value, base)
 
 
 def size_label(report: Report) -> str:
@@ -285,6 +376,7 @@ def comparison_rows(report: Report) -> list[Row]:
             f"cold sequential {big}, 1 MiB reads",
             "MB/s",
             report["mount_cold_seq_mb_s"],
+            report["mount_http_cold_seq_mb_s"],
             report["raw_client_seq_mb_s"],
             report["local_cold_seq_mb_s"],
             report["rclone_cold_seq_mb_s"],
@@ -293,28 +385,31 @@ def comparison_rows(report: Report) -> list[Row]:
             f"{sh['files']} shards one after another, cold",
             "MB/s",
             sh["mount_mb_s"],
+            sh["mount_http_mb_s"],
             sh["raw_client_mb_s"],
             sh["local_cold_mb_s"],
             sh["rclone_mb_s"],
         ),
     ]
-    for block, threads in [(r["block"], r["threads"]) for r in report["random"]["mount"]]:
-        mine, theirs = (random_run(report, s, block, threads) for s in ("mount", "rclone"))
-        key, unit = ("iops", "IOPS") if block < MiB else ("mb_s", "MB/s")
+    for block in (4096, 64 * 1024):
+        got = [random_run(report, s, block, 4, "random_large") for s in SYSTEMS]
+        mine, http, theirs = (r and r["iops"] for r in got)
         rows.append(
-            Row(
-                f"random {block // 1024} KiB x{threads}, cold",
-                unit,
-                mine and mine[key],
-                rclone=theirs and theirs[key],
-            )
+            Row(f"random {block // 1024} KiB x4 over {big}", "IOPS", mine, http, None, None, theirs)
         )
+    for block, threads in [(r["block"], r["threads"]) for r in report["random"]["mount"]]:
+        got = [random_run(report, s, block, threads) for s in SYSTEMS]
+        key, unit = ("iops", "IOPS") if block < MiB else ("mb_s", "MB/s")
+        mine, http, theirs = (r and r[key] for r in got)
+        name = f"random {block // 1024} KiB x{threads}, distinct"
+        rows.append(Row(name, unit, mine, http, None, None, theirs))
     for how in ("read", "mmap"):
         rows.append(
             Row(
                 f"safetensors load by {how}",
                 "s",
                 st[f"mount_{how}_s"],
+                st[f"mount_http_{how}_s"],
                 st["raw_client_fetch_s"],
                 st[f"local_{how}_s"],
                 st[f"rclone_{how}_s"],
@@ -325,17 +420,19 @@ def comparison_rows(report: Report) -> list[Row]:
             f"warm re-read {big}",
             "MB/s",
             report["mount_warm_seq_mb_s"],
+            report["mount_http_warm_seq_mb_s"],
             local=report["local_warm_seq_mb_s"],
             rclone=report["rclone_warm_seq_mb_s"],
         )
     )
     for stat in ("p50", "p95"):
-        theirs = report["rclone_ttfb"]
+        http, theirs = report["mount_http_ttfb"], report["rclone_ttfb"]
         rows.append(
             Row(
                 f"open + first byte, cold, {stat}",
                 "ms",
                 report["ttfb_0_peers"][f"{stat}_ms"],
+                http and http[f"{stat}_ms"],
                 rclone=theirs and theirs[f"{stat}_ms"],
             )
         )
@@ -346,9 +443,21 @@ def comparison_rows(report: Report) -> list[Row]:
             report["rclone_cold_seq_mb_s"],
         )
         rows += [
-            Row(f"cache: cold {big}, filling it", "MB/s", dc["cold_fill_mb_s"], *cold),
-            Row("cache: remount, file in page cache", "MB/s", dc["warm_remount"]["value"], *cold),
-            Row("cache: remount, file evicted", "MB/s", dc["warm_remount_evicted"]["value"], *cold),
+            Row(f"cache: cold {big}, filling it", "MB/s", dc["cold_fill_mb_s"], None, *cold),
+            Row(
+                "cache: remount, file in page cache",
+                "MB/s",
+                dc["warm_remount"]["value"],
+                None,
+                *cold,
+            ),
+            Row(
+                "cache: remount, file evicted",
+                "MB/s",
+                dc["warm_remount_evicted"]["value"],
+                None,
+                *cold,
+            ),
         ]
         for how in ("read", "mmap"):
             rows.append(
@@ -356,6 +465,7 @@ def comparison_rows(report: Report) -> list[Row]:
                     f"cache: remount, safetensors {how}",
                     "s",
                     dc[f"safetensors_{how}"]["value"],
+                    None,
                     st["raw_client_fetch_s"],
                     st[f"local_{how}_s"],
                     st[f"rclone_{how}_s"],
@@ -364,37 +474,103 @@ def comparison_rows(report: Report) -> list[Row]:
     return rows
 
 
-def print_comparison(report: Report) -> None:
-    print(
-        f"{'workload':36} {'unit':>4} {'mount':>8} {'raw':>8} {'local':>8} {'rclone':>8}"
-        f" {'x raw':>7} {'x local':>7} {'x rclone':>8}"
-    )
-    for r in comparison_rows(report):
-        print(
-            f"{r.name:36} {r.unit:>4} {fmt(r.mount):>8} {fmt(r.raw):>8} {fmt(r.local):>8} "
-            f"{fmt(r.rclone):>8} {fmt(r.faster(r.raw)):>7} {fmt(r.faster(r.local)):>7} "
-            f"{fmt(r.faster(r.rclone)):>8}"
+def path_rows(report: Report) -> list[Row]:
+    """The rows --only http measures: cold sequential and random_large."""
+    big = size_label(report)
+    rows = [
+        Row(
+            f"cold sequential {big}, 1 MiB reads",
+            "MB/s",
+            report["mount_cold_seq_mb_s"],
+            report["mount_http_cold_seq_mb_s"],
+            report.get("raw_client_seq_mb_s"),
+            None,
+            report["rclone_cold_seq_mb_s"],
         )
+    ]
+    for block in (4096, 64 * 1024):
+        got = [random_run(report, s, block, 4, "random_large") for s in SYSTEMS]
+        for key, unit in (("iops", "IOPS"), ("p50_ms", "ms"), ("p99_ms", "ms")):
+            mine, http, theirs = (r and r[key] for r in got)
+            name = f"random {block // 1024} KiB x4 over {big}" + (
+                "" if key == "iops" else f", {key[:3]}"
+            )
+            rows.append(Row(name, unit, mine, http, None, None, theirs))
+    return rows
+
+
+def print_rows(rows: list[Row]) -> None:
     print(
-        "  (x base: how many times faster the mount is; local = cold from disk for the "
-        "sequential rows, page cache otherwise;\n   cache: through --cache-dir; the cold row "
-        "fills it, the remount rows read it back through fresh mounts)"
+        f"{'workload':40} {'unit':>4} {'mount':>8} {'m_http':>8} {'raw':>8} {'local':>8} "
+        f"{'rclone':>8} {'m/raw':>6} {'m/local':>7} {'m/rcl':>6} {'h/rcl':>6}"
     )
+    for r in rows:
+        print(
+            f"{r.name:40} {r.unit:>4} {fmt(r.mount):>8} {fmt(r.http):>8} {fmt(r.raw):>8} "
+            f"{fmt(r.local):>8} {fmt(r.rclone):>8} {fmt(r.faster(r.mount, r.raw)):>6} "
+            f"{fmt(r.faster(r.mount, r.local)):>7} {fmt(r.faster(r.mount, r.rclone)):>6} "
+            f"{fmt(r.faster(r.http, r.rclone)):>6}"
+        )
+
+
+def print_comparison(report: Report) -> None:
+    print_rows(comparison_rows(report))
+    print(
+        "  (mount: gRPC path; m_http: the mount on the HTTP path, reading nginx; rclone: rclone"
+        " mount of the same nginx;\n   m/x, h/x: how many times faster mount, m_http is than x"
+        " (for s and ms: x over it); local = cold from disk for the\n   sequential rows, page"
+        " cache otherwise; cache: through --cache-dir; the cold row fills it, the remount rows"
+        " read\n   it back through fresh mounts)"
+    )
+
+
+def print_paths(report: Report) -> None:
+    """The headline ratios of the two data paths, each with what it divides."""
+    print(f"\n{'data paths':46} {'ratio':>6}")
+    for name, key in (
+        ("cold seq: mount_http / rclone (MB/s)", "ratio_cold_http_vs_rclone"),
+        (
+            "random 4 KiB x4: mount_http / rclone (IOPS)",
+            "ratio_random_large_4k_http_vs_rclone_iops",
+        ),
+        ("cold seq: mount (gRPC) / rclone (MB/s)", "ratio_cold_mount_vs_rclone"),
+        ("cold seq: mount (gRPC) / raw client (MB/s)", "ratio_cold_mount_vs_raw"),
+        (
+            "random 4 KiB x4: mount (gRPC) / rclone (IOPS)",
+            "ratio_random_large_4k_mount_vs_rclone_iops",
+        ),
+        ("cold seq: mount_http / mount (gRPC) (MB/s)", "ratio_cold_http_vs_mount"),
+    ):
+        print(f"{name:46} {fmt(report.get(key)):>6}")
 
 
 def print_random(report: Report) -> None:
-    print(
-        f"\n{'random preads (distinct blocks)':36} {'ops':>7} {'IOPS':>8} {'MB/s':>8}"
-        f" {'p50 ms':>8} {'p99 ms':>8}"
-    )
-    for system in ("mount", "rclone"):
-        for r in report["random"][system] or []:
-            label = f"{system} {r['block'] // 1024} KiB x{r['threads']}"
-            done = " all blocks" if r["all_blocks_read"] else ""
-            print(
-                f"{label:36} {r['ops']:7d} {fmt(r['iops']):>8} {fmt(r['mb_s']):>8} "
-                f"{fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8}{done}"
-            )
+    for workload, title in (
+        ("random_large", f"random preads over {size_label(report)} (random offsets)"),
+        ("random", "random preads (distinct blocks)"),
+    ):
+        if workload not in report:
+            continue
+        extra = "distinct" if workload == "random_large" else ""
+        print(
+            f"\n{title:40} {'ops':>7} {'IOPS':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+            f" {extra:>8}"
+        )
+        for system in SYSTEMS:
+            runs = report[workload].get(system)
+            if not runs:
+                print(f"{SYSTEM_LABELS[system]:40} {'-':>7}")
+                continue
+            for r in runs:
+                label = f"{SYSTEM_LABELS[system]} {r['block'] // 1024} KiB x{r['threads']}"
+                if workload == "random_large":
+                    done = f" {r['distinct_offsets']:8d}"
+                else:
+                    done = " all blocks" if r["all_blocks_read"] else ""
+                print(
+                    f"{label:40} {r['ops']:7d} {fmt(r['iops']):>8} {fmt(r['mb_s']):>8} "
+                    f"{fmt(r['p50_ms']):>8} {fmt(r['p99_ms']):>8}{done}"
+                )
 
 
 def print_other(report: Report) -> None:
@@ -493,14 +669,14 @@ def print_disk_cache(report: Report) -> None:
 
 
 def print_targets(ts: list[Target]) -> None:
-    print(f"\n{'target':6} {'what':58} {'bound':>9} {'measured':>9}  result")
+    print(f"\n{'target':6} {'what':64} {'bound':>9} {'measured':>9}  result")
     for t in ts:
         if t.op == "info":
             result, bound = "info", "-"
         else:
             result = "n/a" if t.met is None else ("met" if t.met else "MISSED")
             bound = t.op + " " + fmt(t.bound)
-        print(f"{t.source:6} {t.what:58} {bound:>9} {fmt(t.measured):>9}  {result}")
+        print(f"{t.source:6} {t.what:64} {bound:>9} {fmt(t.measured):>9}  {result}")
 
 
 def print_small_files(report: Report) -> None:
@@ -523,11 +699,27 @@ def print_small_files(report: Report) -> None:
     print("  (p50/p95: open + first byte of each file, the repo's region already known)")
 
 
+def print_memory(report: Report) -> None:
+    by_mount = ", ".join(f"{k} {fmt(v)}" for k, v in report["mount_vm_hwm_mib_by_mount"].items())
+    print(f"\n{'peak RSS by mount (MiB)':36} {by_mount}")
+    print(f"{'peak RSS, rclone mounts (MiB)':36} {fmt(report['rclone_vm_hwm_mib'])}")
+
+
 def print_report(report: Report, ts: list[Target]) -> None:
     if "safetensors" in report:
         print_comparison(report)
+        print_paths(report)
         print_random(report)
         print_other(report)
         print_disk_cache(report)
+    elif "random_large" in report:  # --only http
+        print_rows(path_rows(report))
+        print(
+            "  (mount: gRPC path; m_http: the mount on the HTTP path, reading nginx; m/x, h/x: "
+            "how many times faster;\n   for ms rows, x over it)"
+        )
+        print_paths(report)
+        print_random(report)
+        print_memory(report)
     print_small_files(report)
     print_targets(ts)

@@ -11,7 +11,13 @@ from fusefs.config import parse_size
 from fusefs.data.location import valid_region
 from fusefs.server.limits import KiB, Limits, MiB
 from fusefs.server.run import ServeError, ServeSettings, run_store
-from fusefs.server.topology import Region, TopologyError, load, parse_host_port
+from fusefs.server.topology import (
+    Region,
+    TopologyError,
+    load,
+    parse_cdn_base,
+    parse_host_port,
+)
 
 DEFAULTS = Limits()
 
@@ -82,6 +88,14 @@ def _admin_address(text: str) -> str:
     "--client-region",
     metavar="NAME",
     help="Region to tell clients they are in (internalAccelerationInfo).",
+)
+@click.option(
+    "--cdn-base",
+    metavar="URL",
+    help="The public path: a probe no region answers is sent to URL/<owner>/<name>/<path> "
+    "(datasets: URL/_datasets/<owner>/<name>/<path>) instead of this store's /cdn route. "
+    "URL (http or https) is a static server of ROOT that answers Range requests (nginx, a "
+    "CDN). Region paths and gRPC locations are unchanged.",
 )
 @click.option(
     "--require-token",
@@ -202,6 +216,7 @@ def serve(
     region: str,
     topology: str | None,
     client_region: str | None,
+    cdn_base: str | None,
     require_token: str | None,
     admin: str | None,
     faults: bool,
@@ -234,6 +249,7 @@ def serve(
       modelfs serve ./models --datasets ./datasets --http 127.0.0.1:8080
       modelfs serve ./models --http 0.0.0.0:8080 --topology regions.toml
       modelfs serve ./models --admin 9090 --max-streams 8192
+      modelfs serve ./models --cdn-base https://cdn.example.com/models
     """
     logs.setup(log_level)
     if admin is not None:
@@ -255,12 +271,18 @@ def serve(
         raise click.ClickException(str(e)) from None
     if client_region is not None and not valid_region(client_region):
         raise click.ClickException(f"--client-region: bad region name {client_region!r}")
+    if cdn_base is not None:
+        try:
+            cdn_base = parse_cdn_base(cdn_base)
+        except TopologyError as e:
+            raise click.ClickException(str(e)) from None
     settings = ServeSettings(
         root=root,
         http=http_addr,
         regions=tuple(regions),
         topology=bool(topology),
         client_region=client_region,
+        cdn_base=cdn_base,
         faults=faults,
         datasets=datasets,
         require_token=require_token,

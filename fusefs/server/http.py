@@ -191,6 +191,7 @@ class StoreContext:
     client_region: str | None = None
     limits: Limits = field(default_factory=Limits)
     base: str = ""  # http://HOST:PORT of the public listener, set once listening
+    cdn_base: str | None = None  # --cdn-base: the public path is URL/<repo key>/<path>
     # set by the command: stops one region's gRPC listener (blocking; from a thread)
     stop_listener: Callable[[str], bool] = field(default=lambda region: False)
     # set by the command: the gRPC side's gauges (open streams, queued bytes)

@@ -32,10 +32,11 @@ Where bytes are (the answer to `repo`, a 302):
   `x-modelfs-accept: grpc`: that region's BidiReadObject endpoint (`grpc://…`); for a
   region in a Cloud Storage bucket, the file's object there when the bucket has this
   very file (`buckets.py`: `grpcs://storage.googleapis.com:443/BUCKET/…?generation=G`),
-  else the public CDN route, and 503 while the bucket cannot say;
+  else the public path (below), and 503 while the bucket cannot say;
 * with such a region header but without that header (the ModelScope SDK): the CDN
   route as that region's internal path (`/cdn/…?region=R`), counted as R's;
-* otherwise: the public CDN route.
+* otherwise: the public CDN route, or with `modelfs serve --cdn-base URL`
+  `URL/<repo key>/<path>` (a static server of ROOT; datasets under `_datasets/`).
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ class HubApi:
             return fail(404, f"{path!r} at {revision!r} is not held by this store")
         region = ctx.regions.get(region_name)
         if region is None or not region.holds(str(repo)):
-            return Reply(302, b"", {"location": self._cdn(repo, state, path)})
+            return Reply(302, b"", {"location": self._public(repo, state, path)})
         accepts = {t.strip() for t in req.headers.get(ACCEPT_HEADER, "").lower().split(",")}
         if "grpc" in accepts and region.bucket is not None:
             return await self._in_bucket(region, repo, state, path)
@@ -284,10 +285,18 @@ class HubApi:
             where = await buckets.locate(region, repo, path, state.files[path], state.sums[path])
         except Unavailable as e:
             return fail(503, f"region {region.name}: {e}")
-        return Reply(302, b"", {"location": where or self._cdn(repo, state, path)})
+        return Reply(302, b"", {"location": where or self._public(repo, state, path)})
 
     def _cdn(self, repo: RepoId, state: RepoState, path: str) -> str:
         return f"{self.ctx.base}/cdn/{_quoted(repo.key)}/{state.commit}/{_quoted(path)}"
+
+    def _public(self, repo: RepoId, state: RepoState, path: str) -> str:
+        """Where a client no region serves reads: the external static server of ROOT
+        (`--cdn-base`; it has no notion of commits, and the probe has just checked that
+        the file on disk is the revision asked for), else this store's own CDN route."""
+        if self.ctx.cdn_base is None:
+            return self._cdn(repo, state, path)
+        return f"{self.ctx.cdn_base}/{_quoted(repo.key)}/{_quoted(path)}"
 
 
 def _quoted(path: str) -> str:

@@ -43,6 +43,7 @@ class ServeSettings:
     regions: tuple[Region, ...]
     topology: bool  # several regions: name each gRPC address when announcing them
     client_region: str | None = None
+    cdn_base: str | None = None  # http(s) URL of a static server of ROOT: the public path
     faults: bool = False
     datasets: str | None = None  # DIR/<owner>/<name>/<files…> served as dataset repos
     require_token: str | None = None  # a token file or an introspection URL (bearer.py)
@@ -81,6 +82,7 @@ def run_store(settings: ServeSettings) -> None:
             plan,
             settings.client_region,
             settings.limits,
+            cdn_base=settings.cdn_base,
         )
         ctx.stop_listener = grpc.stop_listener
         ctx.grpc_gauges = lambda: {

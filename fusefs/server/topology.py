@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fusefs.data.gcs_auth import GrpcEndpoint, JsonEndpoint
 from fusefs.data.location import valid_region
@@ -55,6 +56,27 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise TopologyError(f"{what}: expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def parse_cdn_base(text: str) -> str:
+    """An http(s) URL a public path may start with, without its trailing slash. It goes
+    into every public answer's Location, so it may carry no credentials, query or fragment."""
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise TopologyError(f"--cdn-base: {text!r} holds spaces or control characters")
+    url = urlsplit(text)
+    try:
+        url.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise TopologyError(f"--cdn-base: bad port in {text!r}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise TopologyError(
+            f"--cdn-base: expected an http(s)://HOST[:PORT][/PATH] URL, got {text!r}"
+        )
+    if url.username is not None:  # the URL itself is not echoed: it holds a secret
+        raise TopologyError("--cdn-base: a URL with credentials would go to every client")
+    if url.query or url.fragment or "?" in text or "#" in text:
+        raise TopologyError(f"--cdn-base: no query or fragment, got {text!r}")
+    return text.rstrip("/")
 
 
 def _text(spec: dict[str, object], key: str, where: str) -> str | None:
