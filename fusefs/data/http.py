@@ -23,12 +23,14 @@ parsed and copied in Python.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import logging
 import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 
@@ -168,7 +170,7 @@ class HttpRangeSource:
         """Read the body into the range, from `first` to its end."""
         rr = job.rr
         n = rr.end - first
-        buf = bytearray(n)  # one allocation; the views below keep it alive while needed
+        buf = _unfilled_buffer(n)  # one allocation; the views below keep it alive while needed
         view = memoryview(buf)
         pos, step = 0, FIRST_STEP
         while pos < n:
@@ -303,6 +305,29 @@ class HttpRangeSource:
         declared = head.headers.get_all("content-length") or []
         if any(value.strip() != str(length) for value in declared):
             raise ProtocolError(f"{self.url}: Content-Length {declared!r} for {length} bytes")
+
+
+def _bytearray_maker() -> Callable[[int], bytearray]:
+    """`bytearray(n)` zero-fills the buffer while holding the GIL (0.4 ms per 8 MiB range,
+    a quarter of the GIL time of a fast sequential read); the C API makes one with its
+    contents left as they are, and every byte a reader may see is written by `readinto`
+    first."""
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:  # not CPython
+        return bytearray
+    make.restype = ctypes.py_object
+    make.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+
+    def unfilled(n: int) -> bytearray:
+        buf = make(None, n)
+        assert isinstance(buf, bytearray) and len(buf) == n
+        return buf
+
+    return unfilled
+
+
+_unfilled_buffer = _bytearray_maker()
 
 
 def check_content_range(value: str, first: int, last: int, size: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import logging
 import os
 import re
@@ -371,9 +372,25 @@ async def _announce(
     await trio.to_thread.run_sync(
         raise_kernel_limits, mountpoint, settings.read_ahead_kb, MAX_BACKGROUND
     )
-    log.info("mounted %s (hub %s, region %s)", mountpoint, settings.hub, region or "-")
+    log.info(
+        "mounted %s (hub %s, region %s; pyfuse3 %s)",
+        mountpoint,
+        settings.hub,
+        region or "-",
+        _pyfuse3_build(),
+    )
     on_ready()
     systemd.notify(f"READY=1\nSTATUS=mounted {mountpoint}")
+
+
+def _pyfuse3_build() -> str:
+    """The pyfuse3 in use: scripts/setup builds one that replies to reads without the
+    GIL and labels its version `+nogil`; a plain version replies holding it."""
+    try:
+        version = importlib.metadata.version("pyfuse3")
+    except importlib.metadata.PackageNotFoundError:
+        return "of unknown version"
+    return f"{version}, read replies without the GIL" if version.endswith("+nogil") else version
 
 
 async def _stop_on_signal() -> None:
