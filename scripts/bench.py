@@ -372,30 +372,26 @@ async def raw_client_sequential(hub: str, paths: list[str], block: int = MiB) ->
         return time.perf_counter() - t
 
 
-def random_preads(
-    path: Path, size: int, block: int, threads: int, seconds: float, seed: int
+def timed_preads(
+    path: Path, block: int, threads: int, seconds: float, offsets: Callable[[int], Iterator[int]]
 ) -> dict:
-    """pread of random, distinct, block-aligned blocks of a file this system has not read.
-
-    No block is read twice, so a read is served from memory only when the system brought
-    it in ahead of time (read-ahead), never because an earlier read left it cached. A run
-    stops after `seconds`, or sooner once every block has been read. The same seed gives
-    every system the same offsets.
-    """
-    slots = list(range(0, size - block + 1, block))
-    random.Random(seed).shuffle(slots)
+    """pread `block` bytes at each offset thread i draws from `offsets(i)`, from `threads`
+    threads at once, until the offsets run out or `seconds` pass: IOPS, MB/s, p50/p99, and
+    how many distinct offsets were read."""
     latencies: list[list[float]] = [[] for _ in range(threads)]
+    seen: list[set[int]] = [set() for _ in range(threads)]
     stop = time.perf_counter() + seconds
 
     def worker(i: int) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
-            for off in slots[i::threads]:
+            for off in offsets(i):
                 if time.perf_counter() >= stop:
                     break
                 t = time.perf_counter()
                 n = len(os.pread(fd, block, off))
                 latencies[i].append(time.perf_counter() - t)
+                seen[i].add(off)
                 if n != block:
                     raise RuntimeError(f"{path}: short read at {off}: {n} of {block} bytes")
         finally:
@@ -411,13 +407,30 @@ def random_preads(
         "block": block,
         "threads": threads,
         "ops": n,
+        "distinct_offsets": len(set().union(*seen)),
         "seconds": elapsed,
-        "all_blocks_read": n == len(slots),
         "iops": n / elapsed,
         "mb_s": n * block / elapsed / 1e6,
         "p50_ms": merged[n // 2] * 1e3,
         "p99_ms": merged[min(n - 1, n * 99 // 100)] * 1e3,
     }
+
+
+def random_preads(
+    path: Path, size: int, block: int, threads: int, seconds: float, seed: int
+) -> dict:
+    """pread of random, distinct, block-aligned blocks of a file this system has not read.
+
+    No block is read twice, so a read is served from memory only when the system brought
+    it in ahead of time (read-ahead), never because an earlier read left it cached. A run
+    stops after `seconds`, or sooner once every block has been read. The same seed gives
+    every system the same offsets.
+    """
+    slots = list(range(0, size - block + 1, block))
+    random.Random(seed).shuffle(slots)
+    out = timed_preads(path, block, threads, seconds, lambda i: iter(slots[i::threads]))
+    out["all_blocks_read"] = out["ops"] == len(slots)
+    return out
 
 
 def drop_pages(path: Path) -> None:
@@ -439,43 +452,14 @@ def random_preads_large(
     first.
     """
     slots = size // block
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    offsets: list[set[int]] = [set() for _ in range(threads)]
     drop_pages(path)
-    stop = time.perf_counter() + seconds
 
-    def worker(i: int) -> None:
+    def offsets(i: int) -> Iterator[int]:
         rng = random.Random(f"{seed}/{i}")
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            while time.perf_counter() < stop:
-                off = rng.randrange(slots) * block
-                t = time.perf_counter()
-                n = len(os.pread(fd, block, off))
-                latencies[i].append(time.perf_counter() - t)
-                offsets[i].add(off)
-                if n != block:
-                    raise RuntimeError(f"{path}: short read at {off}: {n} of {block} bytes")
-        finally:
-            os.close(fd)
+        while True:
+            yield rng.randrange(slots) * block
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(worker, range(threads)))
-    elapsed = time.perf_counter() - t0
-    merged = sorted(x for mine in latencies for x in mine)
-    n = len(merged)
-    return {
-        "block": block,
-        "threads": threads,
-        "ops": n,
-        "distinct_offsets": len(set().union(*offsets)),
-        "seconds": elapsed,
-        "iops": n / elapsed,
-        "mb_s": n * block / elapsed / 1e6,
-        "p50_ms": merged[n // 2] * 1e3,
-        "p99_ms": merged[min(n - 1, n * 99 // 100)] * 1e3,
-    }
+    return timed_preads(path, block, threads, seconds, offsets)
 
 
 def open_first_byte(path: Path) -> float:

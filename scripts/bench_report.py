@@ -369,18 +369,22 @@ def size_label(report: Report) -> str:
     return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
 
 
+def cold_seq_row(report: Report) -> Row:
+    return Row(
+        f"cold sequential {size_label(report)}, 1 MiB reads",
+        "MB/s",
+        report["mount_cold_seq_mb_s"],
+        report["mount_http_cold_seq_mb_s"],
+        report.get("raw_client_seq_mb_s"),
+        report.get("local_cold_seq_mb_s"),  # not measured by --only http
+        report["rclone_cold_seq_mb_s"],
+    )
+
+
 def comparison_rows(report: Report) -> list[Row]:
     sh, st, big = report["shards"], report["safetensors"], size_label(report)
     rows = [
-        Row(
-            f"cold sequential {big}, 1 MiB reads",
-            "MB/s",
-            report["mount_cold_seq_mb_s"],
-            report["mount_http_cold_seq_mb_s"],
-            report["raw_client_seq_mb_s"],
-            report["local_cold_seq_mb_s"],
-            report["rclone_cold_seq_mb_s"],
-        ),
+        cold_seq_row(report),
         Row(
             f"{sh['files']} shards one after another, cold",
             "MB/s",
@@ -477,17 +481,7 @@ def comparison_rows(report: Report) -> list[Row]:
 def path_rows(report: Report) -> list[Row]:
     """The rows --only http measures: cold sequential and random_large."""
     big = size_label(report)
-    rows = [
-        Row(
-            f"cold sequential {big}, 1 MiB reads",
-            "MB/s",
-            report["mount_cold_seq_mb_s"],
-            report["mount_http_cold_seq_mb_s"],
-            report.get("raw_client_seq_mb_s"),
-            None,
-            report["rclone_cold_seq_mb_s"],
-        )
-    ]
+    rows = [cold_seq_row(report)]
     for block in (4096, 64 * 1024):
         got = [random_run(report, s, block, 4, "random_large") for s in SYSTEMS]
         for key, unit in (("iops", "IOPS"), ("p50_ms", "ms"), ("p99_ms", "ms")):

@@ -16,6 +16,7 @@ from fusefs.hub.client import HubClient, RepoId
 from fusefs.testing import MiB, sample_bytes, start_server, write_file
 
 from support.doubles import RefusingStore
+from support.readers import read_all
 
 REPO = RepoId("acme", "data")
 SIZE = 24 * MiB + 777
@@ -49,15 +50,6 @@ async def locate(hub_url: str, path: str, region: str | None = "local") -> str:
 
 def fast_limits(**kw) -> dict:
     return {"stream_limits": StreamLimits(backoff_initial=0.01, **kw)}
-
-
-async def read_all(reader, block=MiB) -> bytes:
-    out = bytearray()
-    off = 0
-    while chunk := await reader.read(off, block):
-        out += chunk
-        off += len(chunk)
-    return bytes(out)
 
 
 async def test_sequential_read_is_byte_exact_over_one_stream(server):

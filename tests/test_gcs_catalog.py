@@ -190,7 +190,10 @@ async def test_media_reads_are_byte_exact_and_check_what_they_get(store):
         async with trio.open_nursery() as nursery:
             for off, n in spans:
                 nursery.start_soon(one, off, n)
-        assert reader.source.counters.requests >= 3
+        # however the reads interleave (trio starts them in any order, and a read at 0
+        # prefetches the head), ranges never overlap: no byte is fetched twice
+        assert reader.source.counters.requests >= 1
+        assert reader.source.counters.bytes <= weights.size
 
         whole = reader_for(config)
         assert await whole.read(0, config.size) == b'{"layers": 2}'

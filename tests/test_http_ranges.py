@@ -22,18 +22,11 @@ from fusefs.data.reader import ReadLimits
 from fusefs.hub.client import HubClient, RepoId
 from fusefs.testing import MiB, sample_bytes, start_server, write_file
 
+from support.readers import read_all
+
 REPO = RepoId("acme", "data")
 SIZE = 40 * MiB + 123
 FAST = StreamLimits(backoff_initial=0.01, backoff_max=0.05, max_attempts=3)
-
-
-async def read_all(reader, block=MiB) -> bytes:
-    out = bytearray()
-    off = 0
-    while chunk := await reader.read(off, block):
-        out += chunk
-        off += len(chunk)
-    return bytes(out)
 
 
 # --- against `modelfs serve`'s CDN route -------------------------------------------
