@@ -272,9 +272,16 @@ class HttpRangeSource:
             conn.close()
             if not warm or job.cancelled:
                 raise
+        except BaseException:
+            conn.close()
+            raise
         conn = self._pool.connect(self.origin)
         job.attach(conn)
-        return conn, self._request(conn, headers)
+        try:
+            return conn, self._request(conn, headers)
+        except BaseException:
+            conn.close()
+            raise
 
     def _request(
         self, conn: http.client.HTTPConnection, headers: dict[str, str]
