@@ -3,8 +3,10 @@ with the GIL released (scripts/setup builds pyfuse3 from source anyway).
 
 Stock pyfuse3 holds the GIL while `fuse_reply_buf` copies a read's bytes into the
 kernel; on a fast sequential read that is about half the time the GIL is held in the
-mount, during which no data-plane thread can run. The buffer stays pinned by its
-Py_buffer for the call, so nothing else is needed. Exits 1 with one line when the
+mount, during which no data-plane thread can run. Only replies of 64 KiB and more let
+it go: taking the GIL back may wait for another thread's switch interval, which a
+small reply (a small file, a random 4 KiB read) would pay for in latency without
+gaining anything. The buffer stays pinned by its Py_buffer for the call. Exits 1 with one line when the
 source does not look as expected (setup then keeps the stock build).
 
     python scripts/pyfuse3_reply_nogil.py SRC_DIR
@@ -40,7 +42,10 @@ PATCHED = """async def fuse_read_async (_Container c):
         ret = fuse_reply_err(c.req, e.errno)
     else:
         PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
-        with nogil:
+        if pybuf.len >= 65536:
+            with nogil:
+                ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
+        else:
             ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
         PyBuffer_Release(&pybuf)
 """

@@ -33,7 +33,7 @@ def test_the_read_reply_is_written_without_the_gil(tmp_path):
     assert run(root).returncode == 0
     text = (root / "src/pyfuse3/handlers.pxi").read_text()
     assert text == "before\n" + patch.PATCHED + "after\n"
-    assert "with nogil:\n            ret = fuse_reply_buf(req," in text
+    assert "with nogil:\n                ret = fuse_reply_buf(req," in text
     assert not (root / "src/pyfuse3/__init__.c").exists()  # rebuilt from the patched .pyx
 
 
