@@ -6,8 +6,8 @@ kernel; on a fast sequential read that is about half the time the GIL is held in
 mount, during which no data-plane thread can run. Only replies of 64 KiB and more let
 it go: taking the GIL back may wait for another thread's switch interval, which a
 small reply (a small file, a random 4 KiB read) would pay for in latency without
-gaining anything. The buffer stays pinned by its Py_buffer for the call. Exits 1 with one line when the
-source does not look as expected (setup then keeps the stock build).
+gaining anything. The buffer stays pinned by its Py_buffer for the call. Exits 1 with
+one line when the source does not look as expected (setup then keeps the stock build).
 
     python scripts/pyfuse3_reply_nogil.py SRC_DIR
 """
