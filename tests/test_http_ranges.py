@@ -17,6 +17,7 @@ import trio
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError, DeadlineError, GoneError
+from fusefs.data.http_conn import ConnectionLimits, ConnectionPool, Origin
 from fusefs.data.http_workers import RangeWorkers
 from fusefs.data.reader import ReadLimits
 from fusefs.hub.client import HubClient, RepoId
@@ -331,3 +332,35 @@ def test_reads_waited_on_go_before_read_ahead_and_retries_wait_without_a_thread(
         assert workers.started == 1
     finally:
         workers.close()
+
+
+# --- warm connections ---------------------------------------------------------------
+
+
+def test_idle_connections_are_kept_warm_within_their_caps():
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
+    origins = [Origin("http", "127.0.0.1", s.getsockname()[1]) for s in listeners]
+    pool = ConnectionPool(ConnectionLimits(keep_per_origin=2, keep_total=3, idle_timeout=0.2))
+    try:
+        a = [pool.take(origins[0]) for _ in range(3)]
+        assert [warm for _, warm in a] == [False] * 3 and pool.opened == 3
+        for conn, _ in a:
+            pool.give_back(origins[0], conn)
+        assert a[0][0].sock is None  # past keep_per_origin: the first given back closed
+        conn, warm = pool.take(origins[0])
+        assert warm and conn is a[2][0]  # the most recent first
+        pool.give_back(origins[0], conn)
+        others = [pool.take(o)[0] for o in origins[1:] for _ in range(2)]
+        for o, c in zip([origins[1]] * 2 + [origins[2]] * 2, others, strict=True):
+            pool.give_back(o, c)
+        kept = [c for c in (*(x for x, _ in a), *others) if c.sock is not None]
+        assert len(kept) == 3  # keep_total, the newest
+        time.sleep(0.25)
+        conn, warm = pool.take(origins[2])
+        assert not warm  # idle past idle_timeout: a new connection, the old one closed
+        pool.give_back(origins[2], conn)
+    finally:
+        pool.close()
+        for s in listeners:
+            s.close()
+    assert conn.sock is None  # closed with the pool

@@ -155,10 +155,10 @@ class GcsMediaSource(HttpRangeSource):
             got = response.readinto(view[pos:])
             if not got:
                 raise TransientError(f"{self.target.object}: body ended at {pos}")
-            self.counters.bytes += got
+            self._count("bytes", got)
             pos += got
         if crc32c.crc32c(body) != self._crc32c:
-            self.counters.bad_chunks += 1
+            self._count("bad_chunks")
             raise ChecksumError(f"{self.target.object}: CRC32C of the whole object differs")
         rr.feed(0, view)
 

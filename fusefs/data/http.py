@@ -179,10 +179,15 @@ class HttpRangeSource:
             got = response.readinto(view[pos : pos + step])
             if not got:
                 raise TransientError(f"{self.url}: body ended at {first + pos}, before {rr.end}")
-            self.counters.bytes += got
+            self._count("bytes", got)
             rr.feed(first + pos, view[pos : pos + got])  # ProtocolError past what was asked
             pos += got
             step = min(step * 2, MAX_STEP)
+
+    def _count(self, what: str, n: int = 1) -> None:
+        """Bump a counter: several workers may fetch ranges of this source at once."""
+        with self._lock:
+            setattr(self.counters, what, getattr(self.counters, what) + n)
 
     # The fetch, on a range worker.
 
@@ -217,7 +222,7 @@ class HttpRangeSource:
                 log.warning("%s: giving up after %d attempts: %s", self.url, job.failures, e)
                 rr.fail(e)
                 return None
-            self.counters.retries += 1
+            self._count("retries")
             delay = self.limits.backoff(job.failures)
             log.info("%s; retrying in %.2fs", e, delay)
             return delay
@@ -236,7 +241,7 @@ class HttpRangeSource:
         conn = None
         try:
             conn, response = self._send(job, headers)
-            self.counters.requests += 1
+            self._count("requests")
             self._check(ResponseHead(response.status, response.msg, headers), first, last)
             self._consume(job, response, first)
             if response.chunked and response.read(1):

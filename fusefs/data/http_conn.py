@@ -3,7 +3,8 @@
 A range is one request on one connection; a connection that delivered its whole
 answer goes back to the pool and serves the next range to the same origin without a
 new TCP (and TLS) handshake. Idle connections are closed past `idle_timeout` (servers
-drop theirs after a while too: nginx after 75 s) and beyond `keep_per_origin`.
+drop theirs after a while too: nginx after 75 s) and beyond `keep_per_origin` or
+`keep_total`, the oldest first.
 
 The connections are `http.client` ones: the standard library's parser for the status
 line and headers, and `readinto` of a body straight into the caller's buffer. A
@@ -56,6 +57,7 @@ class ConnectionLimits:
     read_timeout: float = 30.0  # between two reads of one answer: a silent server
     idle_timeout: float = 30.0
     keep_per_origin: int = 32
+    keep_total: int = 64  # idle connections to all origins together (descriptors)
 
 
 class ConnectionPool:
@@ -64,6 +66,7 @@ class ConnectionPool:
         self.opened = 0  # connections made so far (a warm pool keeps this low)
         self._lock = threading.Lock()
         self._idle: dict[Origin, deque[tuple[float, http.client.HTTPConnection]]] = {}
+        self._idle_count = 0
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
@@ -76,6 +79,9 @@ class ConnectionPool:
             idle = self._idle.get(origin)
             while idle:
                 last_used, conn = idle.pop()  # the most recent: least likely closed
+                self._idle_count -= 1
+                if not idle:
+                    del self._idle[origin]
                 if now - last_used < self.limits.idle_timeout:
                     return conn, True
                 conn.close()
@@ -88,17 +94,30 @@ class ConnectionPool:
             if self._closed:
                 conn.close()
                 return
-            idle = self._idle.setdefault(origin, deque())
-            idle.append((now, conn))
-            while len(idle) > self.limits.keep_per_origin or (
-                idle and now - idle[0][0] >= self.limits.idle_timeout
-            ):
-                idle.popleft()[1].close()
+            self._idle.setdefault(origin, deque()).append((now, conn))
+            self._idle_count += 1
+            for key in list(self._idle):  # few origins: a CDN, an OSS endpoint or two
+                idle = self._idle[key]
+                while idle and (
+                    len(idle) > self.limits.keep_per_origin
+                    or now - idle[0][0] >= self.limits.idle_timeout
+                ):
+                    idle.popleft()[1].close()
+                    self._idle_count -= 1
+                if not idle:
+                    del self._idle[key]
+            while self._idle_count > self.limits.keep_total:
+                key = min(self._idle, key=lambda k: self._idle[k][0][0])  # the oldest
+                self._idle[key].popleft()[1].close()
+                self._idle_count -= 1
+                if not self._idle[key]:
+                    del self._idle[key]
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, {}
+            self._idle_count = 0
         for conns in idle.values():
             for _, conn in conns:
                 conn.close()
