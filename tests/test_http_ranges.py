@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
@@ -106,13 +108,18 @@ class ScriptedHttp:
     raw bytes to send (then the connection stays open, unless they are `Cut`), or None
     to hang up without a word."""
 
-    def __init__(self, data: bytes, answer: Answer):
+    def __init__(self, data: bytes, answer: Answer, tls: ssl.SSLContext | None = None):
         self.data = data
         self.answer = answer
         self.ranges: list[tuple[int, int]] = []
         self.connections = 0
+        self.server_names: list[str | None] = []  # SNI of each TLS connection
+        self._tls = tls
         self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/f.bin"
+        origin = "https://localhost" if tls else "http://127.0.0.1"  # a name to verify
+        self.url = f"{origin}:{self._sock.getsockname()[1]}/f.bin"
+        if tls:
+            tls.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
         self._stop = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -131,6 +138,15 @@ class ScriptedHttp:
             threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
     def _talk(self, conn: socket.socket) -> None:
+        if self._tls is not None:
+            try:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                conn.close()
+                return
+        self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as requests:
             while True:
                 lines = []
@@ -170,8 +186,8 @@ def _response(status: int, headers: dict[str, str], body: bytes) -> bytes:
 def scripted():
     servers: list[ScriptedHttp] = []
 
-    def make(data: bytes, answer: Answer) -> ScriptedHttp:
-        servers.append(ScriptedHttp(data, answer))
+    def make(data: bytes, answer: Answer, tls: ssl.SSLContext | None = None) -> ScriptedHttp:
+        servers.append(ScriptedHttp(data, answer, tls))
         return servers[-1]
 
     yield make
@@ -364,3 +380,66 @@ def test_idle_connections_are_kept_warm_within_their_caps():
         for s in listeners:
             s.close()
     assert conn.sock is None  # closed with the pool
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+def self_signed(tmp_path, host: str = "localhost") -> tuple[ssl.SSLContext, str]:
+    """A server context with a fresh self-signed certificate for `host`, and the path of
+    that certificate as a CA file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, str(cert_file)
+
+
+async def test_https_ranges_are_verified_and_kept_warm(scripted, tmp_path, monkeypatch):
+    context, ca_file = self_signed(tmp_path)
+    srv = scripted(DATA, lambda first, last, n: srv.partial(first, last), tls=context)
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)  # the system roots, as far as OpenSSL knows
+    async with client(http_workers=1) as c:
+        reader = c.open_reader(srv.url, len(DATA))
+        for off in (MiB, 2 * MiB, 3 * MiB):
+            assert bytes(await reader.read(off, 4096)) == DATA[off : off + 4096]
+        assert c.http_pool.opened == 1  # one TLS handshake for every range
+    assert srv.server_names == ["localhost"]  # SNI sent
+
+
+async def test_an_https_server_with_a_certificate_not_trusted_is_refused(scripted, tmp_path):
+    context, _ = self_signed(tmp_path)  # not added to any trust store
+    srv = scripted(DATA, lambda first, last, n: srv.partial(first, last), tls=context)
+    async with client() as c:
+        reader = c.open_reader(srv.url, len(DATA))
+        with pytest.raises(DataError, match="CERTIFICATE_VERIFY_FAILED"):
+            await reader.read(MiB, 4096)
+    assert srv.ranges == []  # no request was sent over it
+    assert srv.connections == 1  # and it is not tried again: a certificate does not heal

@@ -28,6 +28,7 @@ import http.client
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -252,6 +253,8 @@ class HttpRangeSource:
                 conn.close()
             if job.cancelled:
                 raise _Cancelled from None
+            if isinstance(e, ssl.SSLCertVerificationError):  # asking again cannot help
+                raise DataError(f"{self.url}: {e.__class__.__name__}: {e}") from None
             raise TransientError(f"{self.url}: {e.__class__.__name__}: {e}") from None
         except BaseException:
             if conn is not None:

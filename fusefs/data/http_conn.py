@@ -14,6 +14,7 @@ connection is used by one thread at a time; the pool itself is shared by all.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -21,6 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import certifi
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class ConnectionPool:
             conn = http.client.HTTPConnection(
                 origin.host, origin.port, timeout=limits.connect_timeout
             )
-        conn.connect()  # sets TCP_NODELAY; TLS verified against the system roots
+        conn.connect()  # sets TCP_NODELAY; TLS verified (`trusted_context`)
         assert conn.sock is not None
         conn.sock.settimeout(limits.read_timeout)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -145,7 +148,17 @@ class ConnectionPool:
     def _context(self) -> ssl.SSLContext:
         with self._lock:
             if self._tls is None:
-                self._tls = ssl.create_default_context()
+                self._tls = trusted_context()
                 # ALPN says HTTP/1.1 only: this reader speaks nothing else.
                 self._tls.set_alpn_protocols(["http/1.1"])
             return self._tls
+
+
+def trusted_context() -> ssl.SSLContext:
+    """The CAs the hub client (httpx) trusts, so that both planes agree: the files named
+    by `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else certifi's bundle (present whether
+    or not the machine has its own CA certificates installed)."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
+    return ssl.create_default_context(cafile=certifi.where())
