@@ -1,5 +1,6 @@
 """The data plane as one object: channels, the memory budget, the stream slots and the
-reaper that closes idle streams, readers by location.
+reaper that closes idle streams, the HTTP range workers and their warm connections,
+readers by location.
 
 This is also the library API for tools that read without a mount:
 
