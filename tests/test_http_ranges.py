@@ -19,6 +19,7 @@ import trio
 from fusefs.data.bidi import StreamLimits
 from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError, DeadlineError, GoneError
+from fusefs.data.http import HttpRangeSource
 from fusefs.data.http_conn import ConnectionLimits, ConnectionPool, Origin
 from fusefs.data.http_workers import RangeWorkers
 from fusefs.data.reader import ReadLimits
@@ -443,3 +444,17 @@ async def test_an_https_server_with_a_certificate_not_trusted_is_refused(scripte
             await reader.read(MiB, 4096)
     assert srv.ranges == []  # no request was sent over it
     assert srv.connections == 1  # and it is not tried again: a certificate does not heal
+
+
+async def test_a_bug_in_a_fetch_fails_the_read_at_once(scripted):
+    class Broken(HttpRangeSource):
+        def _check_response(self, head, first, last):
+            raise RuntimeError("a bug")
+
+    srv = scripted(DATA, lambda first, last, n: srv.partial(first, last))
+    async with client() as c:
+        source = Broken(srv.url, len(DATA), c.http_workers, c.http_pool)
+        reader = c.reader(source, len(DATA), "broken")
+        # the bug's own error, not the read deadline's (DeadlineError) much later
+        with pytest.raises(DataError, match="RuntimeError: a bug"):
+            await reader.read(MiB, 4096)

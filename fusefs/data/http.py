@@ -229,6 +229,9 @@ class HttpRangeSource:
             return delay
         except DataError as e:
             rr.fail(e)
+        except Exception as e:  # a bug: fail the read now rather than at its deadline
+            log.exception("%s: range %d-%d", self.url, rr.offset, rr.end - 1)
+            rr.fail(DataError(f"{self.url}: {e.__class__.__name__}: {e}"))
         return None
 
     def _get(self, job: RangeFetch) -> None:
