@@ -88,6 +88,40 @@ def test_progress_between_breaks_keeps_the_stream_going(channel):
     assert len(rpc.calls) == 6  # more than max_attempts breaks, each after progress
 
 
+def test_a_read_submitted_during_the_reopen_backoff_reopens_and_is_counted_so(channel):
+    def respond(first, call):
+        yield metadata()
+        if len(rpc.calls) == 1:  # the first generation: ten bytes, then it breaks
+            (wanted,) = first.read_ranges
+            piece = bytes(10)
+            yield data_response(
+                piece, crc32c.crc32c(piece), wanted.read_offset, wanted.read_id, False
+            )
+            return
+        for r in first.read_ranges:  # the next one serves whatever is asked
+            data = bytes(r.read_length)
+            yield data_response(data, crc32c.crc32c(data), r.read_offset, r.read_id, True)
+        call.cancelled.wait(10)
+
+    slow = StreamLimits(max_attempts=3, retry_window=30, backoff_initial=5.0, backoff_max=5.0)
+    stream, rpc = crafted_stream(channel, respond, slow)
+    first, second = RangeRead(0, 60, lambda fn: fn()), RangeRead(100, 60, lambda fn: fn())
+    try:
+        stream.submit([first])
+        deadline = time.monotonic() + 3
+        while stream.counters.bytes < 10 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # the generation has ended; its receive thread waits out 5 s
+        stream.submit([second])  # starts the next generation itself
+        settle(first)
+        settle(second)
+    finally:
+        stream.close()
+    assert first.done and second.done
+    assert len(rpc.calls) == 2
+    assert (stream.counters.opens, stream.counters.reopens) == (2, 1)
+
+
 # -- slots: a cap on open streams, idle ones closed from the trio side --------------------
 
 

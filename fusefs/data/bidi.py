@@ -193,6 +193,7 @@ class BidiStream:
         self._first_failure = 0.0
         self._refusals = 0  # RESOURCE_EXHAUSTED in a row
         self._first_refusal = 0.0
+        self._broken = False  # the last generation broke with ranges outstanding
 
     # -- the reader side -------------------------------------------------------
 
@@ -325,6 +326,9 @@ class BidiStream:
         self._send_locked(gen, rest)
         self._active = gen
         self.counters.opens += 1
+        if self._broken:
+            self.counters.reopens += 1
+            self._broken = False
         # The call is started by the thread that reads it: starting one (and gRPC's own
         # request thread) blocks, and the caller is often the FUSE loop.
         if self._receivers is not None:
@@ -457,7 +461,6 @@ class BidiStream:
             return
         with self._lock:
             if self._active is None and self._pending and not self._closing.is_set():
-                self.counters.reopens += 1
                 self._start_locked()
                 return
         self._notify()
@@ -469,59 +472,68 @@ class BidiStream:
             if self._active is not gen:
                 return None
             self._active = None
-            for read_id, error in outcome.range_errors.items():
-                rr = self._pending.pop(read_id, None)
-                if rr is not None:
-                    rr.fail(error)
-            if not self._pending:
-                return None
-            error = outcome.error or TransientError(
-                f"{self.target.object}: stream ended with ranges outstanding"
-            )
-            if not isinstance(error, TransientError):
-                self._fail_all_locked(error)
-                return None
-            now = time.monotonic()
-            if isinstance(error, OverloadedError):
-                self.counters.refusals += 1
-                if self._refusals == 0:
-                    self._first_refusal = now
-                self._refusals += 1
-                if now - self._first_refusal > self.limits.busy_window:
-                    log.warning(
-                        "%s: still refused after %.0fs: %s",
-                        self.target.object,
-                        now - self._first_refusal,
-                        error,
-                    )
-                    self._refusals = 0
-                    self._fail_all_locked(error)
-                    return None
-                backoff = self.limits.busy_backoff_initial * 2.0 ** min(self._refusals - 1, 16)
-                delay = min(backoff, self.limits.busy_backoff_max) * random.uniform(0.5, 1.5)
-                log.info("%s: %s; asking again in %.2fs", self.target.object, error, delay)
-                return delay
-            if self._failures == 0:
-                self._first_failure = now
-            self._failures += 1
-            if self.limits.gives_up(self._failures, now - self._first_failure):
-                log.warning(
-                    "%s: giving up after %d attempts: %s", self.target.object, self._failures, error
-                )
-                self._failures = 0
-                self._fail_all_locked(error)
-                return None
-            if outcome.redirect is not None:
-                self.counters.redirects += 1
-                if outcome.redirect.HasField("routing_token"):
-                    self._routing_token = outcome.redirect.routing_token
-                if outcome.redirect.read_handle.handle:
-                    self._read_handle = outcome.redirect.read_handle.handle
-                delay = 0.0
-            else:
-                delay = self.limits.backoff(self._failures)
-            log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
+            delay = self._next_try_locked(outcome)
+            # Whoever starts the next generation (this thread after the delay, or a read
+            # submitted meanwhile) counts it as a reopen.
+            self._broken = delay is not None
             return delay
+
+    def _next_try_locked(self, outcome: _Break) -> float | None:
+        """What follows a broken generation (the lock held): the delay before the next,
+        or None when the stream stays closed (nothing outstanding, or all failed)."""
+        for read_id, error in outcome.range_errors.items():
+            rr = self._pending.pop(read_id, None)
+            if rr is not None:
+                rr.fail(error)
+        if not self._pending:
+            return None
+        error = outcome.error or TransientError(
+            f"{self.target.object}: stream ended with ranges outstanding"
+        )
+        if not isinstance(error, TransientError):
+            self._fail_all_locked(error)
+            return None
+        now = time.monotonic()
+        if isinstance(error, OverloadedError):
+            self.counters.refusals += 1
+            if self._refusals == 0:
+                self._first_refusal = now
+            self._refusals += 1
+            if now - self._first_refusal > self.limits.busy_window:
+                log.warning(
+                    "%s: still refused after %.0fs: %s",
+                    self.target.object,
+                    now - self._first_refusal,
+                    error,
+                )
+                self._refusals = 0
+                self._fail_all_locked(error)
+                return None
+            backoff = self.limits.busy_backoff_initial * 2.0 ** min(self._refusals - 1, 16)
+            delay = min(backoff, self.limits.busy_backoff_max) * random.uniform(0.5, 1.5)
+            log.info("%s: %s; asking again in %.2fs", self.target.object, error, delay)
+            return delay
+        if self._failures == 0:
+            self._first_failure = now
+        self._failures += 1
+        if self.limits.gives_up(self._failures, now - self._first_failure):
+            log.warning(
+                "%s: giving up after %d attempts: %s", self.target.object, self._failures, error
+            )
+            self._failures = 0
+            self._fail_all_locked(error)
+            return None
+        if outcome.redirect is not None:
+            self.counters.redirects += 1
+            if outcome.redirect.HasField("routing_token"):
+                self._routing_token = outcome.redirect.routing_token
+            if outcome.redirect.read_handle.handle:
+                self._read_handle = outcome.redirect.read_handle.handle
+            delay = 0.0
+        else:
+            delay = self.limits.backoff(self._failures)
+        log.info("%s: stream broke (%s); reopening in %.2fs", self.target.object, error, delay)
+        return delay
 
     def _fail_all_locked(self, error: DataError) -> None:
         pending, self._pending = self._pending, {}
