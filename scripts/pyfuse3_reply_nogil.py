@@ -31,24 +31,20 @@ STOCK = """async def fuse_read_async (_Container c):
         PyBuffer_Release(&pybuf)
 """
 
-PATCHED = """async def fuse_read_async (_Container c):
-    cdef int ret
-    cdef Py_buffer pybuf
-    cdef fuse_req_t req = c.req
-
-    try:
-        buf = await operations.read(c.fh, c.off, c.size)
-    except FUSEError as e:
-        ret = fuse_reply_err(c.req, e.errno)
-    else:
-        PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
-        if pybuf.len >= 65536:
+_REPLY = """        ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)
+"""
+PATCHED = STOCK.replace(
+    "    cdef Py_buffer pybuf\n",
+    "    cdef Py_buffer pybuf\n    cdef fuse_req_t req = c.req\n",
+).replace(
+    _REPLY,
+    """        if pybuf.len >= 65536:
             with nogil:
                 ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
         else:
             ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
-        PyBuffer_Release(&pybuf)
-"""
+""",
+)
 
 
 def main() -> int:

@@ -91,8 +91,19 @@ def test_listing_that_lies_about_size_is_never_served(hub, mounted):
     assert "Content-Range" in m.log_text()
 
 
-@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://x/y", "gopher://h/1"])
-def test_location_with_a_foreign_scheme_is_refused(hub, mounted, location):
+@pytest.mark.parametrize(
+    "location",
+    [
+        "file:///etc/passwd",
+        "ftp://x/y",
+        "gopher://h/1",
+        # http(s), but not to be sent as it is: refused where the probe's answer arrives
+        "http://127.0.0.1:1/a b",
+        "http://user:secret@127.0.0.1:1/f.bin",
+        "http://127.0.0.1:99999/f.bin",
+    ],
+)
+def test_location_that_cannot_be_followed_is_refused(hub, mounted, location):
     hub.files = [blob("f.bin")]
     hub.location = location
     m = mounted()

@@ -22,6 +22,7 @@ from fusefs.data.errors import DataError, DeadlineError, GoneError
 from fusefs.data.http import HttpRangeSource
 from fusefs.data.http_conn import ConnectionLimits, ConnectionPool, Origin
 from fusefs.data.http_workers import RangeWorkers
+from fusefs.data.location import BadLocation
 from fusefs.data.reader import ReadLimits
 from fusefs.hub.client import HubClient, RepoId
 from fusefs.testing import MiB, sample_bytes, start_server, write_file
@@ -458,3 +459,21 @@ async def test_a_bug_in_a_fetch_fails_the_read_at_once(scripted):
         # the bug's own error, not the read deadline's (DeadlineError) much later
         with pytest.raises(DataError, match="RuntimeError: a bug"):
             await reader.read(MiB, 4096)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/a b",
+        "http://127.0.0.1:1/a\x00b",
+        "http://127.0.0.1:1/a\r\nX-Injected: 1",
+        "http://127.0.0.1:1/caf\u00e9",
+        "http://user:pass@127.0.0.1:1/f",
+        "ftp://127.0.0.1/f",
+        "http://127.0.0.1:99999/f",
+    ],
+)
+async def test_a_location_that_cannot_be_requested_as_it_is_is_refused_at_open(url):
+    async with client() as c:
+        with pytest.raises(BadLocation):
+            c.open_source(url, 10)

@@ -148,16 +148,8 @@ class GcsMediaSource(HttpRangeSource):
         if not whole or self._crc32c is None or self.size > WHOLE_CHECK_MAX:
             super()._consume(job, response, first)
             return
-        body = bytearray(self.size)
-        view = memoryview(body)
-        pos = 0
-        while pos < self.size:
-            got = response.readinto(view[pos:])
-            if not got:
-                raise TransientError(f"{self.target.object}: body ended at {pos}")
-            self._count("bytes", got)
-            pos += got
-        if crc32c.crc32c(body) != self._crc32c:
+        view = self._receive(job, response, 0)  # held until checked: no step is fed
+        if crc32c.crc32c(view) != self._crc32c:
             self._count("bad_chunks")
             raise ChecksumError(f"{self.target.object}: CRC32C of the whole object differs")
         rr.feed(0, view)

@@ -169,21 +169,33 @@ class HttpRangeSource:
 
     def _consume(self, job: RangeFetch, response: http.client.HTTPResponse, first: int) -> None:
         """Read the body into the range, from `first` to its end."""
-        rr = job.rr
-        n = rr.end - first
-        buf = _unfilled_buffer(n)  # one allocation; the views below keep it alive while needed
-        view = memoryview(buf)
+        self._receive(job, response, first, job.rr.feed)  # ProtocolError past the range
+
+    def _receive(
+        self,
+        job: RangeFetch,
+        response: http.client.HTTPResponse,
+        first: int,
+        on_step: Callable[[int, memoryview], object] | None = None,
+    ) -> memoryview:
+        """The body, bytes `first` to the range's end, read into one buffer in growing
+        steps, each handed to `on_step(offset, piece)` as it arrives; the whole of it is
+        returned. `_Cancelled` as soon as the fetch is abandoned between two steps."""
+        end = job.rr.end
+        view = memoryview(_unfilled_buffer(end - first))  # the views keep the buffer alive
         pos, step = 0, FIRST_STEP
-        while pos < n:
+        while pos < len(view):
             if job.cancelled:
                 raise _Cancelled
             got = response.readinto(view[pos : pos + step])
             if not got:
-                raise TransientError(f"{self.url}: body ended at {first + pos}, before {rr.end}")
+                raise TransientError(f"{self.url}: body ended at {first + pos}, before {end}")
             self._count("bytes", got)
-            rr.feed(first + pos, view[pos : pos + got])  # ProtocolError past what was asked
+            if on_step is not None:
+                on_step(first + pos, view[pos : pos + got])
             pos += got
             step = min(step * 2, MAX_STEP)
+        return view
 
     def _count(self, what: str, n: int = 1) -> None:
         """Bump a counter: several workers may fetch ranges of this source at once."""

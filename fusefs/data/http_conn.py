@@ -35,7 +35,10 @@ class Origin:
     @classmethod
     def of(cls, url: str) -> tuple[Origin, str]:
         """The origin of an absolute http(s) URL and its request target (path?query);
-        ValueError for anything else."""
+        ValueError for anything else. The URL comes from a hub's answer: one that could
+        not be sent as it is (spaces, control characters) is refused here, at open."""
+        if not url.isascii() or not url.isprintable() or " " in url:
+            raise ValueError(f"not a URL that can be requested: {url[:80]!r}")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url[:80]!r}")

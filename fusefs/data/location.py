@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from fusefs.data.http_conn import Origin
+
 BUCKET_PREFIX = "projects/_/buckets/"
 GRPC_SCHEMES = ("grpc", "grpcs")
 HTTP_SCHEMES = ("http", "https")
@@ -89,6 +91,10 @@ def location_kind(url: str) -> str:
     if scheme in GRPC_SCHEMES:
         return "grpc"
     if scheme in HTTP_SCHEMES:
+        try:
+            Origin.of(url)  # the checks the HTTP data path makes at open, made here first
+        except ValueError as e:
+            raise BadLocation(f"refusing Location: {e}") from None
         return "http"
     raise BadLocation(f"refusing Location with scheme {scheme!r}: {url!r}")
 
