@@ -120,7 +120,9 @@ def test_ten_thousand_files_eight_readers_under_ulimit_1024(many, tmp_path):
         )
         assert state["errors"] == {}
         assert set(state["bytes_read"]) <= {"local", "cache"}, state["bytes_read"]  # no CDN
-        assert sum(state["bytes_read"].values()) == total
+        # Every byte served; more is allowed: under memory pressure the kernel drops pages
+        # of files being read and asks for them again (seen with a 350 MiB memory cgroup).
+        assert sum(state["bytes_read"].values()) >= total
         assert state["stream_refusals"] == 0
         assert stats["cdn_requests"] == 0
         # Streams: the mount's cap, and what the store saw at once (it refuses the 257th).
