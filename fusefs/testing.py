@@ -77,12 +77,24 @@ def wait_for(
         time.sleep(0.05)
 
 
+PROXY_SETTINGS = {
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "grpc_proxy",
+    "no_grpc_proxy",
+}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any modelfs or ModelScope setting, plus `extra`."""
+    """This environment without any modelfs, ModelScope or proxy setting (the servers a
+    test starts are on loopback), plus `extra`."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("MODELFS_", "MODELSCOPE_", "NOTIFY_SOCKET"))
+        and k.lower() not in PROXY_SETTINGS
     }
     return {**env, **extra}
 
@@ -292,13 +304,19 @@ class Mount:
 
 
 def start_mount(
-    path: Path, hub: str, *args: str, log: Path | None = None, nofile: int | None = None
+    path: Path,
+    hub: str,
+    *args: str,
+    log: Path | None = None,
+    nofile: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Mount:
-    """`modelfs mount PATH --hub HUB ARGS…`, returning once the mount is live; `nofile`:
-    the mount process's descriptor limit (see `run_cli`)."""
+    """`modelfs mount PATH --hub HUB ARGS…`, returning once the mount is live; `nofile`
+    and `env` as for `run_cli`."""
     path.mkdir(parents=True, exist_ok=True)
     log = log or path.with_name(path.name + ".log")
-    result = run_cli("mount", str(path), "--hub", hub, "--log-file", str(log), *args, nofile=nofile)
+    command = ("mount", str(path), "--hub", hub, "--log-file", str(log), *args)
+    result = run_cli(*command, nofile=nofile, env=env)
     if result.returncode != 0:
         raise AssertionError(
             f"mount failed ({result.returncode}): {result.stderr}\n"

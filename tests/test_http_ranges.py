@@ -11,7 +11,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
@@ -28,6 +27,7 @@ from fusefs.hub.client import HubClient, RepoId
 from fusefs.testing import MiB, sample_bytes, start_server, write_file
 
 from support.readers import read_all
+from support.tls import self_signed
 
 REPO = RepoId("acme", "data")
 SIZE = 40 * MiB + 123
@@ -385,43 +385,6 @@ def test_idle_connections_are_kept_warm_within_their_caps():
 
 
 # --- TLS ------------------------------------------------------------------------------
-
-
-def self_signed(tmp_path, host: str = "localhost") -> tuple[ssl.SSLContext, str]:
-    """A server context with a fresh self-signed certificate for `host`, and the path of
-    that certificate as a CA file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context, str(cert_file)
 
 
 async def test_https_ranges_are_verified_and_kept_warm(scripted, tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ from fusefs.data.reaper import Reaper
 from fusefs.data.receivers import Receivers
 from fusefs.data.slots import StreamSlots
 from fusefs.data.source import GuessedSource, RangeSource, Waker
+from fusefs.network import grpc_channel_options
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,15 @@ class DataClient:
     def channel(self, endpoint: str, tls: bool) -> grpc.Channel:
         key = (endpoint, tls)
         if key not in self._channels:
+            options = _CHANNEL_OPTIONS + grpc_channel_options(endpoint, tls)  # the proxy
             if self._cloud_storage(endpoint, tls):
                 assert self.gcs is not None
-                self._channels[key] = self.gcs.grpc_channel(_CHANNEL_OPTIONS)
+                self._channels[key] = self.gcs.grpc_channel(options)
             elif tls:
                 creds = grpc.ssl_channel_credentials()  # verified against the system roots
-                self._channels[key] = grpc.secure_channel(endpoint, creds, _CHANNEL_OPTIONS)
+                self._channels[key] = grpc.secure_channel(endpoint, creds, options)
             else:
-                self._channels[key] = grpc.insecure_channel(endpoint, _CHANNEL_OPTIONS)
+                self._channels[key] = grpc.insecure_channel(endpoint, options)
         return self._channels[key]
 
     def _cloud_storage(self, endpoint: str, tls: bool) -> bool:

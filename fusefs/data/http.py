@@ -124,6 +124,7 @@ class HttpRangeSource:
         self.origin, self._target = Origin.of(url)  # ValueError for a bad URL
         self._workers = workers
         self._pool = pool
+        self._route = pool.route(self.origin)  # direct or through a proxy
         self._lock = threading.Lock()
         self._jobs: dict[RangeRead, RangeFetch] = {}
         self._closed = False
@@ -309,8 +310,11 @@ class HttpRangeSource:
     def _request(
         self, conn: http.client.HTTPConnection, headers: dict[str, str]
     ) -> http.client.HTTPResponse:
-        conn.putrequest("GET", self._target, skip_accept_encoding=True)
+        route = self._route
+        conn.putrequest("GET", route.prefix + self._target, skip_accept_encoding=True)
         for name, value in headers.items():
+            conn.putheader(name, value)
+        for name, value in route.headers:
             conn.putheader(name, value)
         conn.endheaders()
         return conn.getresponse()

@@ -6,6 +6,9 @@ new TCP (and TLS) handshake. Idle connections are closed past `idle_timeout` (se
 drop theirs after a while too: nginx after 75 s) and beyond `keep_per_origin` or
 `keep_total`, the oldest first.
 
+Through a proxy (`fusefs.network`): an HTTPS origin over a `CONNECT` tunnel, the
+connection kept warm as any other; a plain-HTTP origin by requests in absolute form.
+
 The connections are `http.client` ones: the standard library's parser for the status
 line and headers, and `readinto` of a body straight into the caller's buffer. A
 connection is used by one thread at a time; the pool itself is shared by all.
@@ -14,7 +17,6 @@ connection is used by one thread at a time; the pool itself is shared by all.
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import ssl
 import threading
@@ -23,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import certifi
+from fusefs.network import Proxy, proxy_for, trusted_context
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,27 @@ class Origin:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+MAX_ROUTES = 256
+
+
+@dataclass(frozen=True)
+class Route:
+    """How requests to one origin go: straight to it, or through a proxy."""
+
+    proxy: Proxy | None = None
+    prefix: str = ""  # before an origin-form target: `http://host:port` to a proxy
+    headers: tuple[tuple[str, str], ...] = ()  # what a proxy wants on each request
+
+    @classmethod
+    def to(cls, origin: Origin) -> Route:
+        """The route the environment gives (ProxyError for a proxy that cannot be used)."""
+        proxy = proxy_for(origin.scheme, origin.host)
+        if proxy is None or origin.scheme == "https":
+            return cls(proxy)  # a tunnel: the proxy authenticates the CONNECT only
+        auth = (("Proxy-Authorization", proxy.authorization),) if proxy.authorization else ()
+        return cls(proxy, f"http://{origin.host_header}", auth)
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     connect_timeout: float = 5.0
@@ -74,7 +97,21 @@ class ConnectionPool:
         self._idle: dict[Origin, deque[tuple[float, http.client.HTTPConnection]]] = {}
         self._idle_count = 0
         self._tls: ssl.SSLContext | None = None
+        self._routes: dict[Origin, Route] = {}
         self._closed = False
+
+    def route(self, origin: Origin) -> Route:
+        """How requests to `origin` go (looked up once per origin: the environment does
+        not change under a running process); ProxyError for a proxy that cannot be used."""
+        with self._lock:
+            route = self._routes.get(origin)
+        if route is None:
+            route = Route.to(origin)
+            with self._lock:
+                if len(self._routes) >= MAX_ROUTES:
+                    self._routes.clear()  # origins come from hub answers: keep few
+                self._routes[origin] = route
+        return route
 
     def take(self, origin: Origin) -> tuple[http.client.HTTPConnection, bool]:
         """A connection to `origin` and whether it was warm (used before: it may have
@@ -131,16 +168,21 @@ class ConnectionPool:
     def connect(self, origin: Origin) -> http.client.HTTPConnection:
         """A new connection to `origin` (OSError when it cannot be made)."""
         limits = self.limits
+        proxy = self.route(origin).proxy
+        host, port = (proxy.host, proxy.port) if proxy else (origin.host, origin.port)
         conn: http.client.HTTPConnection
         if origin.scheme == "https":
             conn = http.client.HTTPSConnection(
-                origin.host, origin.port, timeout=limits.connect_timeout, context=self._context()
+                host, port, timeout=limits.connect_timeout, context=self._context()
             )
+            if proxy is not None:
+                auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else {}
+                conn.set_tunnel(origin.host, origin.port, headers=auth)
         else:
-            conn = http.client.HTTPConnection(
-                origin.host, origin.port, timeout=limits.connect_timeout
-            )
-        conn.connect()  # sets TCP_NODELAY; TLS verified (`trusted_context`)
+            conn = http.client.HTTPConnection(host, port, timeout=limits.connect_timeout)
+        # Sets TCP_NODELAY; opens the tunnel (an OSError if the proxy refuses it); TLS
+        # verified for the origin's name (`trusted_context`).
+        conn.connect()
         assert conn.sock is not None
         conn.sock.settimeout(limits.read_timeout)
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -155,13 +197,3 @@ class ConnectionPool:
                 # ALPN says HTTP/1.1 only: this reader speaks nothing else.
                 self._tls.set_alpn_protocols(["http/1.1"])
             return self._tls
-
-
-def trusted_context() -> ssl.SSLContext:
-    """The CAs the hub client (httpx) trusts, so that both planes agree: the files named
-    by `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else certifi's bundle (present whether
-    or not the machine has its own CA certificates installed)."""
-    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
-    if cafile or capath:
-        return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
-    return ssl.create_default_context(cafile=certifi.where())

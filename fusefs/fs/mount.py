@@ -31,6 +31,7 @@ from fusefs.hub.catalog import Catalog
 from fusefs.hub.client import HubClient, HubError, RepoNotFound, RepoSpec, Snapshot
 from fusefs.hub.gcs import BucketResolver, BucketUrl, GcsCatalog
 from fusefs.hub.resolve import FileResolver, Resolver
+from fusefs.network import ProxyError, check_proxy_environment
 from fusefs.vfs.datapath import Services
 from fusefs.vfs.filesystem import Filesystem
 from fusefs.vfs.openfiles import DEFAULT_LINGER, Lifetimes
@@ -208,6 +209,10 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
         bucket = settings.bucket
     except ValueError as e:
         raise MountError(f"hub {settings.hub}: {e}") from None
+    try:
+        check_proxy_environment()
+    except ProxyError as e:
+        raise MountError(str(e)) from None
     gcs = await _storage_credentials(settings, bucket)
     tree = Tree()
     async with AsyncExitStack() as stack:

@@ -8,6 +8,9 @@ keep-alive connections to the hub's one origin and speaks HTTP/1.1 through h11
 (the parser httpx itself uses), nothing more. Listings and the other, rarer
 calls stay on httpx.
 
+Through a proxy (`fusefs.network`), an HTTPS hub is reached over a `CONNECT` tunnel
+and a plain-HTTP one by requests in absolute form, as httpx does for the listings.
+
 Hostile answers are bounded by h11 (a head larger than `MAX_HEAD` is an error)
 and by the caller's deadline; a connection that answered with an error, closed,
 or was interrupted is never reused.
@@ -21,6 +24,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from fusefs.network import Proxy, proxy_for, trusted_context
 
 MAX_HEAD = 64 * 1024  # status line and headers of one answer
 MAX_IDLE = 16  # keep-alive connections kept between probes
@@ -76,7 +81,13 @@ class HeadClient:
         host_header = parts.netloc.rsplit("@", 1)[-1]
         self._headers = [("host", host_header), *(headers or {}).items()]
         self._idle: list[_Connection] = []
-        self._ssl = ssl.create_default_context() if self.tls else None
+        self._ssl = trusted_context() if self.tls else None
+        self._proxy = proxy_for(parts.scheme, self.host)  # ProxyError for an unusable one
+        self._prefix = ""  # before each target: the hub's origin, when a proxy forwards
+        if self._proxy is not None and not self.tls:
+            self._prefix = f"http://{host_header}"
+            if self._proxy.authorization:
+                self._headers.append(("proxy-authorization", self._proxy.authorization))
 
     async def head(self, target: str, headers: Mapping[str, str]) -> tuple[int, str | None]:
         """(status, Location header or None) for HEAD base_path + target.
@@ -87,7 +98,7 @@ class HeadClient:
             fresh = not self._idle
             conn = self._idle.pop() if self._idle else await self._connect()
             try:
-                response = await conn.head(self.base_path + target, fields)
+                response = await conn.head(self._prefix + self.base_path + target, fields)
             except (ProbeError, h11.ProtocolError, OSError, trio.BrokenResourceError) as e:
                 await trio.aclose_forcefully(conn.stream)
                 if fresh or attempt:
@@ -108,17 +119,57 @@ class HeadClient:
         raise AssertionError("unreachable")
 
     async def _connect(self) -> _Connection:
+        proxy = self._proxy
+        via = f" through the proxy {proxy.authority}" if proxy else ""
+        host, port = (proxy.host, proxy.port) if proxy else (self.host, self.port)
         try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        except OSError as e:
+            raise ProbeError(f"cannot connect to {self.host}:{self.port}{via}: {e}") from None
+        try:
+            if proxy is not None and self._ssl is not None:
+                await _open_tunnel(stream, self.host, self.port, proxy)
             if self._ssl is not None:
                 tls = trio.SSLStream(stream, self._ssl, server_hostname=self.host)
                 await tls.do_handshake()
                 stream = tls
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
-            raise ProbeError(f"cannot connect to {self.host}:{self.port}: {e}") from None
+        except BaseException as e:
+            await trio.aclose_forcefully(stream)
+            if isinstance(e, (OSError, trio.BrokenResourceError, ssl.SSLError, h11.ProtocolError)):
+                raise ProbeError(f"cannot connect to {self.host}:{self.port}{via}: {e}") from None
+            raise
         return _Connection(stream)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
             await trio.aclose_forcefully(conn.stream)
+
+
+async def _open_tunnel(stream: trio.abc.Stream, host: str, port: int, proxy: Proxy) -> None:
+    """Ask the proxy on `stream` for a tunnel to host:port; ProbeError if refused."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    headers = [("host", authority)]
+    if proxy.authorization:
+        headers.append(("proxy-authorization", proxy.authorization))
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+    request = h11.Request(method="CONNECT", target=authority, headers=headers)
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(16384)
+            if not data:
+                raise ProbeError(f"the proxy {proxy.authority} closed the connection")
+            conn.receive_data(bytes(data))
+        elif isinstance(event, h11.Response):
+            if not 200 <= event.status_code < 300:
+                raise ProbeError(
+                    f"the proxy {proxy.authority} refused a tunnel to {authority}: "
+                    f"{event.status_code} {event.reason.decode('latin-1')}"
+                )
+            if conn.trailing_data[0]:
+                raise ProbeError(f"the proxy {proxy.authority} sent bytes before the TLS hello")
+            return
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ProbeError(f"the proxy {proxy.authority} closed the connection")

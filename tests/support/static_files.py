@@ -4,13 +4,16 @@ external server `modelfs serve --cdn-base` points clients at, for machines witho
 HTTP/1.1 with keep-alive, one thread per connection. `GET`/`HEAD` of `/<path>` under the
 root; `Range: bytes=a-b`, `bytes=a-` and `bytes=-n` are answered `206` with
 `Content-Range`, an unsatisfiable range `416`, anything else the whole file. Every request
-is counted (`requests`, `ranges`, `bytes`) so a test can tell that reads came this way.
+is counted (`requests`, `ranges`, `bytes`) so a test can tell that reads came this way,
+and the names of its headers kept (`header_names`). Over TLS when given a context (its
+URL then names `localhost`, the name a test certificate is made for).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,8 +24,9 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class StaticFiles:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: ssl.SSLContext | None = None) -> None:
         self.root = root.resolve()
+        self.header_names: list[frozenset[str]] = []
         self.requests = 0
         self.ranges = 0
         self.bytes = 0
@@ -42,6 +46,8 @@ class StaticFiles:
                 self._answer(body=True)
 
             def _answer(self, body: bool) -> None:
+                with files._lock:
+                    files.header_names.append(frozenset(k.lower() for k in self.headers))
                 path = files.resolve(urlsplit(self.path).path)
                 if path is None:
                     return self._empty(404)
@@ -91,6 +97,9 @@ class StaticFiles:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
