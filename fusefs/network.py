@@ -31,8 +31,12 @@ import certifi
 GRPC_OWN_VARIABLES = ("grpc_proxy", "no_grpc_proxy")  # grpcio reads them in lower case only
 
 
-class ProxyError(ValueError):
-    """The environment names a proxy this client cannot use; one line for a person."""
+class NetworkSettingError(ValueError):
+    """A variable of the environment names what cannot be used; one line for a person."""
+
+
+class ProxyError(NetworkSettingError):
+    """The environment names a proxy this client cannot use."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,21 @@ def proxy_for(scheme: str, host: str) -> Proxy | None:
     return parse_proxy(url, f"{scheme}_proxy")
 
 
-def check_proxy_environment() -> None:
-    """ProxyError, at start, for a proxy variable that could never be used."""
+def check_environment() -> None:
+    """NetworkSettingError, at start, for a proxy or CA variable that could never be used."""
     for scheme, url in urllib.request.getproxies_environment().items():
         if scheme in ("http", "https", "all") and url:
             parse_proxy(url, f"{scheme}_proxy")
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile:
+        try:
+            ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise NetworkSettingError(
+                f"SSL_CERT_FILE: no certificates can be read from {cafile} ({e})"
+            ) from None
+    if capath and not os.path.isdir(capath):
+        raise NetworkSettingError(f"SSL_CERT_DIR: {capath} is not a directory")
 
 
 def parse_proxy(url: str, variable: str) -> Proxy:
@@ -124,6 +138,18 @@ def _bypassed(host: str, no_proxy: str) -> bool:
         except ValueError:
             continue
     return False
+
+
+def grpc_root_certificates() -> bytes | None:
+    """The CAs for TLS gRPC channels, by the rule of `trusted_context`: the PEM file
+    `SSL_CERT_FILE` names, when set; else None, grpcio's own bundle (Mozilla's roots, as
+    certifi's). gRPC's own `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH` wins when set; a directory
+    (`SSL_CERT_DIR`) is something grpcio cannot be given."""
+    cafile = os.environ.get("SSL_CERT_FILE")
+    if not cafile or os.environ.get("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"):
+        return None
+    with open(cafile, "rb") as f:
+        return f.read()
 
 
 def trusted_context() -> ssl.SSLContext:

@@ -39,7 +39,7 @@ from fusefs.data.reaper import Reaper
 from fusefs.data.receivers import Receivers
 from fusefs.data.slots import StreamSlots
 from fusefs.data.source import GuessedSource, RangeSource, Waker
-from fusefs.network import grpc_channel_options
+from fusefs.network import grpc_channel_options, grpc_root_certificates
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class DataClient:
                 assert self.gcs is not None
                 self._channels[key] = self.gcs.grpc_channel(options)
             elif tls:
-                creds = grpc.ssl_channel_credentials()  # verified against the system roots
+                creds = grpc.ssl_channel_credentials(grpc_root_certificates())
                 self._channels[key] = grpc.secure_channel(endpoint, creds, options)
             else:
                 self._channels[key] = grpc.insecure_channel(endpoint, options)

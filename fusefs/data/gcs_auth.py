@@ -60,6 +60,7 @@ import requests
 import trio
 
 from fusefs.data.errors import AuthError
+from fusefs.network import grpc_root_certificates
 
 log = logging.getLogger(__name__)
 
@@ -626,11 +627,12 @@ class GcsAuth:
         ep = self.endpoints.grpc
         if self.tokens.anonymous:
             if ep.tls:
-                return grpc.secure_channel(ep.target, grpc.ssl_channel_credentials(), options)
+                creds = grpc.ssl_channel_credentials(grpc_root_certificates())
+                return grpc.secure_channel(ep.target, creds, options)
             return grpc.insecure_channel(ep.target, options)
         call = grpc.metadata_call_credentials(_Plugin(self.tokens, ep), name="storage-token")
         if ep.tls:
-            base = grpc.ssl_channel_credentials()  # verified against the system roots
+            base = grpc.ssl_channel_credentials(grpc_root_certificates())
         else:
             # Plain TCP, checked by gRPC to be local: the one way it lets call credentials
             # go without TLS (GcsAuth refuses non-loopback plain endpoints).

@@ -46,7 +46,8 @@ class StaticFiles:
                 self._answer(body=True)
 
             def _answer(self, body: bool) -> None:
-                with files._lock:
+                with files._lock:  # counted before answering: a client may look at once
+                    files.requests += 1
                     files.header_names.append(frozenset(k.lower() for k in self.headers))
                 path = files.resolve(urlsplit(self.path).path)
                 if path is None:
@@ -64,6 +65,7 @@ class StaticFiles:
                     if first >= size or first > last:
                         return self._empty(416, {"Content-Range": f"bytes */{size}"})
                 length = last - first + 1 if size else 0
+                files.count(bool(match), length if body else 0)
                 self.send_response(206 if match else 200)
                 if match:
                     self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
@@ -71,7 +73,6 @@ class StaticFiles:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
-                files.count(bool(match), length if body else 0)
                 if body and length:
                     with open(path, "rb") as f:
                         f.seek(first)
@@ -92,7 +93,6 @@ class StaticFiles:
                     self.send_header(k, v)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                files.count(False, 0)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -115,7 +115,6 @@ class StaticFiles:
 
     def count(self, ranged: bool, n: int) -> None:
         with self._lock:
-            self.requests += 1
             self.ranges += ranged
             self.bytes += n
 

@@ -1,12 +1,17 @@
-"""Behind a proxy: the environment's HTTP(S)_PROXY / NO_PROXY are honoured by the probes
-and the ranged GETs as by the hub client — real clients, a real forward proxy
-(tests.support.forward_proxy) and real origins on loopback."""
+"""The environment's network settings, one policy for every client of a mount: the
+proxy variables (HTTP(S)_PROXY / ALL_PROXY / NO_PROXY), honoured by the probes, the
+ranged GETs and the gRPC channels as by the hub client; and the CAs (SSL_CERT_FILE).
+Real clients, a real forward proxy (tests.support.forward_proxy), real origins on
+loopback."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
+import certifi
+import grpc
 import pytest
 import trio
 
@@ -15,7 +20,13 @@ from fusefs.data.client import DataClient
 from fusefs.data.errors import DataError
 from fusefs.hub.client import HubClient, RepoId
 from fusefs.hub.http1 import HeadClient, ProbeError
-from fusefs.network import ProxyError, check_proxy_environment, grpc_channel_options, proxy_for
+from fusefs.network import (
+    NetworkSettingError,
+    ProxyError,
+    check_environment,
+    grpc_channel_options,
+    proxy_for,
+)
 from fusefs.testing import (
     MiB,
     clean_env,
@@ -140,12 +151,12 @@ def test_credentials_become_a_proxy_authorization_and_are_never_shown(env):
 def test_a_proxy_that_cannot_be_used_is_an_error_naming_the_variable(env, value, message):
     env(https_proxy=value)
     with pytest.raises(ProxyError, match=message) as caught:
-        check_proxy_environment()
+        check_environment()
     assert str(caught.value).startswith("https_proxy: ")
 
 
 def test_no_proxy_variable_means_direct(env):
-    check_proxy_environment()
+    check_environment()
     assert proxy_for("https", "hub.example.com") is None
 
 
@@ -163,17 +174,23 @@ def test_grpc_channels_get_the_same_proxy_unless_grpc_variables_are_set(env, mon
 # --- ranged GETs ------------------------------------------------------------------------
 
 
+async def read_whole(url: str) -> tuple[int, int]:
+    """Read the object at `url` with a data client, checking every byte: (requests made,
+    connections opened)."""
+    async with DataClient(stream_limits=FAST) as client:
+        reader = client.open_reader(url, len(DATA))
+        got = await read_all(reader)
+        requests, opened = reader.source.counters.requests, client.http_pool.opened
+    assert hashlib.sha256(got).digest() == hashlib.sha256(DATA).digest()
+    return requests, opened
+
+
 async def test_ranged_gets_to_an_http_origin_go_through_the_proxy_in_absolute_form(
     env, proxy, origin
 ):
     env(HTTP_PROXY=f"http://{QUOTED}@127.0.0.1:{proxy.port}")
     url = f"{origin.url}/blob.bin"
-    async with DataClient(stream_limits=FAST) as client:
-        reader = client.open_reader(url, len(DATA))
-        got = await read_all(reader)
-        requests = reader.source.counters.requests
-        opened = client.http_pool.opened
-    assert hashlib.sha256(got).digest() == hashlib.sha256(DATA).digest()
+    requests, opened = await read_whole(url)
     assert proxy.requests == [("GET", url)] * requests  # every range, none direct
     assert origin.ranges == requests
     assert set(proxy.authorizations) == {basic(CREDENTIALS)}
@@ -183,13 +200,7 @@ async def test_ranged_gets_to_an_http_origin_go_through_the_proxy_in_absolute_fo
 
 async def test_ranged_gets_to_an_https_origin_go_through_a_tunnel(env, proxy, tls_origin):
     env(HTTPS_PROXY=f"http://{QUOTED}@127.0.0.1:{proxy.port}")
-    url = f"{tls_origin.url}/blob.bin"
-    async with DataClient(stream_limits=FAST) as client:
-        reader = client.open_reader(url, len(DATA))
-        got = await read_all(reader)
-        requests = reader.source.counters.requests
-        opened = client.http_pool.opened
-    assert hashlib.sha256(got).digest() == hashlib.sha256(DATA).digest()
+    requests, opened = await read_whole(f"{tls_origin.url}/blob.bin")
     authority = tls_origin.url.removeprefix("https://")
     assert proxy.connects == [authority] * opened and opened < requests
     assert proxy.requests == []  # the proxy saw host names only: no request, no byte
@@ -260,6 +271,18 @@ async def test_probes_and_listings_to_an_http_hub_go_through_the_proxy(env, prox
 # --- a mount ----------------------------------------------------------------------------
 
 
+def mount_with_loopback_direct(proxy, hub: str, mountpoint, args: tuple[str, ...]) -> None:
+    """A mount told NO_PROXY=127.0.0.1 reads without one connection to the proxy."""
+    before = proxy.connections
+    direct = clean_env(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
+    m = start_mount(mountpoint, hub, *args, env=direct)
+    try:
+        assert (m.path / "acme" / "m" / "w.bin").read_bytes()[:4096] == DATA[:4096]
+    finally:
+        m.unmount()
+    assert proxy.connections == before
+
+
 def test_a_mount_behind_a_proxy_lists_probes_and_reads_through_it(proxy, tmp_path):
     root = tmp_path / "store"
     write_file(root / "acme" / "m" / "w.bin", DATA)
@@ -283,15 +306,7 @@ def test_a_mount_behind_a_proxy_lists_probes_and_reads_through_it(proxy, tmp_pat
             "proxy-authorization" not in h for h in static.header_names
         )
 
-        # The same with NO_PROXY naming loopback: nothing goes through the proxy.
-        seen = len(proxy.authorizations)
-        direct = clean_env(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
-        m = start_mount(tmp_path / "m2", server.hub, *args, env=direct)
-        try:
-            assert (m.path / "acme" / "m" / "w.bin").read_bytes()[:4096] == DATA[:4096]
-        finally:
-            m.unmount()
-        assert len(proxy.authorizations) == seen
+        mount_with_loopback_direct(proxy, server.hub, tmp_path / "m2", args)
     finally:
         server.stop()
         static.stop()
@@ -314,15 +329,7 @@ def test_a_mount_reads_its_streams_through_a_tunnel(proxy, tmp_path):
         grpc_authority = server.grpc[""]  # the store's one region
         assert grpc_authority in proxy.connects  # the stream's channel, with credentials
         assert set(proxy.authorizations) == {basic(CREDENTIALS)}
-
-        tunnels = len(proxy.connects)
-        direct = clean_env(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
-        m = start_mount(tmp_path / "m2", server.hub, *args, env=direct)
-        try:
-            assert (m.path / "acme" / "m" / "w.bin").read_bytes()[:4096] == DATA[:4096]
-        finally:
-            m.unmount()
-        assert len(proxy.connects) == tunnels
+        mount_with_loopback_direct(proxy, server.hub, tmp_path / "m2", args)
     finally:
         server.stop()
 
@@ -339,3 +346,61 @@ def test_a_mount_with_a_proxy_it_cannot_use_fails_with_one_line(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "https_proxy: socks5:// proxies are not supported" in lines[0]
+
+
+# --- the CAs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_grpc(tmp_path):
+    """A TLS gRPC server on loopback, with a self-signed certificate for `localhost` and
+    no service: a call that gets through the handshake is answered UNIMPLEMENTED."""
+    self_signed(tmp_path)
+    pair = ((tmp_path / "key.pem").read_bytes(), (tmp_path / "cert.pem").read_bytes())
+    server = grpc.server(ThreadPoolExecutor(2))
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([pair]))
+    server.start()
+    yield f"localhost:{port}", str(tmp_path / "cert.pem")
+    server.stop(None)
+
+
+def grpc_call_code(client: DataClient, endpoint: str) -> grpc.StatusCode:
+    call = client.channel(endpoint, tls=True).unary_unary("/modelfs.test.None/Call")
+    with pytest.raises(grpc.RpcError) as caught:
+        call(b"", timeout=10)
+    return caught.value.code()  # type: ignore[attr-defined]
+
+
+async def test_grpc_channels_trust_the_ca_file_the_hub_client_trusts(env, monkeypatch, tls_grpc):
+    endpoint, ca_file = tls_grpc
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    async with DataClient() as client:
+        assert grpc_call_code(client, endpoint) == grpc.StatusCode.UNAVAILABLE  # not trusted
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+    async with DataClient() as client:
+        assert grpc_call_code(client, endpoint) == grpc.StatusCode.UNIMPLEMENTED  # through
+    monkeypatch.setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", certifi.where())  # gRPC's own wins
+    async with DataClient() as client:
+        assert grpc_call_code(client, endpoint) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_ca_file_that_cannot_be_read_is_an_error_naming_the_variable(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(NetworkSettingError, match=r"^SSL_CERT_FILE: no certificates"):
+        check_environment()
+    (tmp_path / "m").mkdir()
+    result = run_cli(
+        "mount",
+        str(tmp_path / "m"),
+        "--hub",
+        "http://127.0.0.1:9",
+        env=clean_env(SSL_CERT_FILE=str(tmp_path / "missing.pem")),
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SSL_CERT_FILE: no certificates" in lines[0], result.stderr
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "missing"))
+    with pytest.raises(NetworkSettingError, match=r"^SSL_CERT_DIR: .* is not a directory"):
+        check_environment()
