@@ -84,6 +84,20 @@ def check_environment() -> None:
         raise NetworkSettingError(f"SSL_CERT_DIR: {capath} is not a directory")
 
 
+def describe_proxies() -> str | None:
+    """One line for the log saying where connections go, when a proxy variable is set
+    (credentials left out); None when every connection goes direct."""
+    proxies = urllib.request.getproxies_environment()
+    used = []
+    for scheme in ("http", "https", "all"):
+        if url := proxies.get(scheme):
+            used.append(f"{scheme} via {parse_proxy(url, f'{scheme}_proxy').authority}")
+    if not used:
+        return None
+    no_proxy = proxies.get("no", "")
+    return "proxy: " + ", ".join(used) + (f"; direct: {no_proxy}" if no_proxy else "")
+
+
 def parse_proxy(url: str, variable: str) -> Proxy:
     if "://" not in url:
         url = "http://" + url  # `host:port`, as curl and httpx read it

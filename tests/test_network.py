@@ -24,6 +24,7 @@ from fusefs.network import (
     NetworkSettingError,
     ProxyError,
     check_environment,
+    describe_proxies,
     grpc_channel_options,
     proxy_for,
 )
@@ -158,6 +159,12 @@ def test_a_proxy_that_cannot_be_used_is_an_error_naming_the_variable(env, value,
 def test_no_proxy_variable_means_direct(env):
     check_environment()
     assert proxy_for("https", "hub.example.com") is None
+    assert describe_proxies() is None
+
+
+def test_the_log_line_names_each_proxy_without_its_credentials(env):
+    env(HTTPS_PROXY=f"http://{QUOTED}@proxy:3128", no_proxy="127.0.0.1,.internal")
+    assert describe_proxies() == "proxy: https via proxy:3128; direct: 127.0.0.1,.internal"
 
 
 def test_grpc_channels_get_the_same_proxy_unless_grpc_variables_are_set(env, monkeypatch):
@@ -305,6 +312,9 @@ def test_a_mount_behind_a_proxy_lists_probes_and_reads_through_it(proxy, tmp_pat
         assert static.ranges > 0 and all(
             "proxy-authorization" not in h for h in static.header_names
         )
+
+        log = m.log_text()
+        assert f"proxy: http via 127.0.0.1:{proxy.port}" in log and "alice" not in log
 
         mount_with_loopback_direct(proxy, server.hub, tmp_path / "m2", args)
     finally:

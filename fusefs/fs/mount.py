@@ -31,7 +31,7 @@ from fusefs.hub.catalog import Catalog
 from fusefs.hub.client import HubClient, HubError, RepoNotFound, RepoSpec, Snapshot
 from fusefs.hub.gcs import BucketResolver, BucketUrl, GcsCatalog
 from fusefs.hub.resolve import FileResolver, Resolver
-from fusefs.network import NetworkSettingError, check_environment
+from fusefs.network import NetworkSettingError, check_environment, describe_proxies
 from fusefs.vfs.datapath import Services
 from fusefs.vfs.filesystem import Filesystem
 from fusefs.vfs.openfiles import DEFAULT_LINGER, Lifetimes
@@ -213,6 +213,8 @@ async def _serve(settings: MountSettings, mountpoint: str, on_ready: Callable[[]
         check_environment()
     except NetworkSettingError as e:
         raise MountError(str(e)) from None
+    if (proxies := describe_proxies()) is not None:
+        log.info("%s", proxies)
     gcs = await _storage_credentials(settings, bucket)
     tree = Tree()
     async with AsyncExitStack() as stack:
