@@ -51,7 +51,36 @@ class Proxy:
 
     @property
     def authority(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as dialled and as written in a CONNECT line: an IPv6 address bracketed."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How requests to one origin go: straight to it, or through a proxy — over a
+    `CONNECT` tunnel for HTTPS, or with absolute-form targets for plain HTTP."""
+
+    proxy: Proxy | None = None
+    prefix: str = ""  # before an origin-form target: `http://host:port` to a proxy
+    headers: tuple[tuple[str, str], ...] = ()  # what a proxy wants on each request
+
+    @property
+    def tunnel(self) -> bool:
+        return self.proxy is not None and not self.prefix
+
+    @classmethod
+    def to(cls, scheme: str, host: str, host_header: str) -> Route:
+        """The route the environment gives to `scheme://host_header` (ProxyError for a
+        proxy that cannot be used)."""
+        proxy = proxy_for(scheme, host)
+        if proxy is None or scheme == "https":
+            return cls(proxy)  # a tunnel: the proxy authenticates the CONNECT only
+        auth = (("Proxy-Authorization", proxy.authorization),) if proxy.authorization else ()
+        return cls(proxy, f"http://{host_header}", auth)
 
 
 def proxy_for(scheme: str, host: str) -> Proxy | None:

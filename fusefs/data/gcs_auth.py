@@ -60,7 +60,7 @@ import requests
 import trio
 
 from fusefs.data.errors import AuthError
-from fusefs.network import grpc_root_certificates
+from fusefs.network import grpc_root_certificates, host_port
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class GrpcEndpoint:
     @property
     def target(self) -> str:
         """HOST:PORT as gRPC dials it."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return ("grpcs://" if self.tls else "grpc://") + self.target

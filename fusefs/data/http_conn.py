@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from fusefs.network import Proxy, proxy_for, trusted_context
+from fusefs.network import Route, trusted_context
 
 
 @dataclass(frozen=True)
@@ -63,24 +63,6 @@ MAX_ROUTES = 256
 
 
 @dataclass(frozen=True)
-class Route:
-    """How requests to one origin go: straight to it, or through a proxy."""
-
-    proxy: Proxy | None = None
-    prefix: str = ""  # before an origin-form target: `http://host:port` to a proxy
-    headers: tuple[tuple[str, str], ...] = ()  # what a proxy wants on each request
-
-    @classmethod
-    def to(cls, origin: Origin) -> Route:
-        """The route the environment gives (ProxyError for a proxy that cannot be used)."""
-        proxy = proxy_for(origin.scheme, origin.host)
-        if proxy is None or origin.scheme == "https":
-            return cls(proxy)  # a tunnel: the proxy authenticates the CONNECT only
-        auth = (("Proxy-Authorization", proxy.authorization),) if proxy.authorization else ()
-        return cls(proxy, f"http://{origin.host_header}", auth)
-
-
-@dataclass(frozen=True)
 class ConnectionLimits:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0  # between two reads of one answer: a silent server
@@ -106,7 +88,7 @@ class ConnectionPool:
         with self._lock:
             route = self._routes.get(origin)
         if route is None:
-            route = Route.to(origin)
+            route = Route.to(origin.scheme, origin.host, origin.host_header)
             with self._lock:
                 if len(self._routes) >= MAX_ROUTES:
                     self._routes.clear()  # origins come from hub answers: keep few

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from fusefs.network import Proxy, proxy_for, trusted_context
+from fusefs.network import Proxy, Route, host_port, trusted_context
 
 MAX_HEAD = 64 * 1024  # status line and headers of one answer
 MAX_IDLE = 16  # keep-alive connections kept between probes
@@ -82,12 +82,8 @@ class HeadClient:
         self._headers = [("host", host_header), *(headers or {}).items()]
         self._idle: list[_Connection] = []
         self._ssl = trusted_context() if self.tls else None
-        self._proxy = proxy_for(parts.scheme, self.host)  # ProxyError for an unusable one
-        self._prefix = ""  # before each target: the hub's origin, when a proxy forwards
-        if self._proxy is not None and not self.tls:
-            self._prefix = f"http://{host_header}"
-            if self._proxy.authorization:
-                self._headers.append(("proxy-authorization", self._proxy.authorization))
+        self._route = Route.to(parts.scheme, self.host, host_header)  # ProxyError: unusable
+        self._headers += self._route.headers
 
     async def head(self, target: str, headers: Mapping[str, str]) -> tuple[int, str | None]:
         """(status, Location header or None) for HEAD base_path + target.
@@ -98,7 +94,7 @@ class HeadClient:
             fresh = not self._idle
             conn = self._idle.pop() if self._idle else await self._connect()
             try:
-                response = await conn.head(self._prefix + self.base_path + target, fields)
+                response = await conn.head(self._route.prefix + self.base_path + target, fields)
             except (ProbeError, h11.ProtocolError, OSError, trio.BrokenResourceError) as e:
                 await trio.aclose_forcefully(conn.stream)
                 if fresh or attempt:
@@ -119,7 +115,7 @@ class HeadClient:
         raise AssertionError("unreachable")
 
     async def _connect(self) -> _Connection:
-        proxy = self._proxy
+        proxy = self._route.proxy
         via = f" through the proxy {proxy.authority}" if proxy else ""
         host, port = (proxy.host, proxy.port) if proxy else (self.host, self.port)
         try:
@@ -127,7 +123,7 @@ class HeadClient:
         except OSError as e:
             raise ProbeError(f"cannot connect to {self.host}:{self.port}{via}: {e}") from None
         try:
-            if proxy is not None and self._ssl is not None:
+            if proxy is not None and self._route.tunnel:
                 await _open_tunnel(stream, self.host, self.port, proxy)
             if self._ssl is not None:
                 tls = trio.SSLStream(stream, self._ssl, server_hostname=self.host)
@@ -148,7 +144,7 @@ class HeadClient:
 
 async def _open_tunnel(stream: trio.abc.Stream, host: str, port: int, proxy: Proxy) -> None:
     """Ask the proxy on `stream` for a tunnel to host:port; ProbeError if refused."""
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authority = host_port(host, port)
     headers = [("host", authority)]
     if proxy.authorization:
         headers.append(("proxy-authorization", proxy.authorization))

@@ -19,6 +19,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as serve_http
 
 from fusefs.data.gcs_auth import GcsSetupError
+from fusefs.network import host_port
 from fusefs.server.bearer import TokenChecker, TokenSpecError
 from fusefs.server.buckets import BucketRegions
 from fusefs.server.faults import FaultPlan
@@ -104,7 +105,7 @@ def run_store(settings: ServeSettings) -> None:
 
 def _config(host: str, port: int, limits: Limits) -> Config:
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [host_port(host, port)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
